@@ -1,0 +1,117 @@
+"""Backbones (torchvision ResNet-18/50, DenseNet-121) that take greyscale X-rays and return features."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from store.errors import CxrAlError
+
+BACKBONES = {
+    # name: (constructor, ImageNet weights enum, feature dim)
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1, 512),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V2, 2048),
+    "densenet121": (torchvision.models.densenet121, torchvision.models.DenseNet121_Weights.IMAGENET1K_V1, 1024),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class GreyBackbone(nn.Module):
+    """Feature extractor: (B, 1, H, W) greyscale in [0, 1] -> (B, D) pooled features.
+
+    The grey channel is repeated to three and ImageNet-normalised, so ImageNet weights of the
+    first convolution are used as they were trained (the recipe of the SSL transfer papers).
+    """
+
+    def __init__(self, name: str, trunk: nn.Module, feature_dim: int):
+        super().__init__()
+        self.name = name
+        self.trunk = trunk
+        self.feature_dim = feature_dim
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        return self.trunk(x)
+
+    def cam_target_layer(self) -> nn.Module:
+        """The last convolutional block: where Grad-CAM++ looks."""
+        if self.name.startswith("resnet"):
+            return self.trunk.layer4[-1]
+        return self.trunk.features.denseblock4
+
+
+def _strip_head(name: str, model: nn.Module) -> nn.Module:
+    if name.startswith("resnet"):
+        model.fc = nn.Identity()
+        return model
+    # DenseNet: features -> relu -> pool -> classifier; keep the pooling, drop the classifier
+    model.classifier = nn.Identity()
+    return model
+
+
+def imagenet_weights_path(name: str) -> Path:
+    """Where torchvision caches the ImageNet weights of a backbone (TORCH_HOME/hub/checkpoints)."""
+    weights = BACKBONES[name][1]
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CxrAlError(f"cannot read weights file {path}: {exc}") from exc
+    for key in ("backbone", "state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict):
+        raise CxrAlError(f"{path} does not hold a state dict")
+    return obj
+
+
+def build_backbone(name: str = "resnet18", init: str | Path = "random", *, allow_download: bool = False) -> GreyBackbone:
+    """Build a backbone initialised randomly, from ImageNet (cached weights only, unless
+    allow_download) or from a file (a CXR-AL checkpoint or a torchvision state dict)."""
+    if name not in BACKBONES:
+        raise CxrAlError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    ctor, weights, dim = BACKBONES[name]
+    model = ctor(weights=None)
+    init_str = str(init)
+    if init_str == "imagenet":
+        cached = imagenet_weights_path(name)
+        if not cached.exists() and not allow_download:
+            raise CxrAlError(
+                f"ImageNet weights for {name} are not in the local cache ({cached}) and CXR-AL does not "
+                f"download at run time. Put the file there (from {weights.url}), pass it with "
+                f"--init /path/to/{cached.name}, or allow the download with --download-weights.")
+        try:
+            state = weights.get_state_dict(progress=False, check_hash=False)
+        except Exception as exc:
+            raise CxrAlError(f"could not load ImageNet weights for {name}: {exc}") from exc
+        model.load_state_dict(state)
+        return GreyBackbone(name, _strip_head(name, model), dim)
+    if init_str != "random":
+        path = Path(init_str)
+        if not path.is_file():
+            raise CxrAlError(f"--init {init_str}: no such weights file (use random, imagenet or a path)")
+        state = _load_state(path)
+        trunk = _strip_head(name, model)
+        backbone = GreyBackbone(name, trunk, dim)
+        # accept our own GreyBackbone state dicts ("trunk." prefix) and plain torchvision ones
+        if any(k.startswith("trunk.") for k in state):
+            state = {k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")}
+        state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+        missing, unexpected = trunk.load_state_dict(state, strict=False)
+        if missing:
+            raise CxrAlError(f"{path} does not fit a {name}: {len(missing)} weights missing (e.g. {missing[0]})")
+        return backbone
+    return GreyBackbone(name, _strip_head(name, model), dim)

@@ -1,0 +1,475 @@
+"""The project database (DuckDB): schema, migrations and every SQL statement of the project.
+
+DuckDB lets one process hold the file at a time, and several processes share a project (the
+app, a lead's `cxr-al status`, a training child), so a connection is opened for one operation
+and closed at once. A process that finds the file held retries for a while, then raises
+ProjectBusyError. Writes happen in one transaction; a call returns only after its commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from store.errors import CxrAlError, ProjectBusyError
+
+SCHEMA_VERSION = 1
+DEFAULT_BUSY_TIMEOUT_S = 15.0
+
+# Forward migrations: MIGRATIONS[v] takes a database at version v-1 to version v.
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        "CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+        "CREATE SEQUENCE seq_images START 1",
+        """CREATE TABLE images (
+            id INTEGER PRIMARY KEY DEFAULT nextval('seq_images'),
+            path VARCHAR NOT NULL UNIQUE,
+            sha256 VARCHAR NOT NULL UNIQUE,
+            size_bytes BIGINT,
+            width INTEGER,
+            height INTEGER,
+            format VARCHAR,
+            modality VARCHAR,
+            split VARCHAR NOT NULL DEFAULT 'pool' CHECK (split IN ('pool', 'test')),
+            added_at TIMESTAMP NOT NULL)""",
+        # hidden ground truth for oracle simulation and test metrics; never shown to annotators
+        "CREATE TABLE oracle (image_id INTEGER PRIMARY KEY, label VARCHAR NOT NULL)",
+        "CREATE TABLE skipped (path VARCHAR, reason VARCHAR, at TIMESTAMP)",
+        """CREATE TABLE annotators (
+            name VARCHAR PRIMARY KEY,
+            role VARCHAR NOT NULL DEFAULT 'annotator',
+            password_hash VARCHAR,
+            created_at TIMESTAMP NOT NULL)""",
+        "CREATE SEQUENCE seq_labels START 1",
+        """CREATE TABLE labels (
+            id BIGINT PRIMARY KEY DEFAULT nextval('seq_labels'),
+            image_id INTEGER NOT NULL,
+            label VARCHAR NOT NULL,
+            annotator VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            round_id INTEGER,
+            seconds_spent DOUBLE,
+            source VARCHAR,
+            superseded_by BIGINT,
+            superseded_at TIMESTAMP)""",
+        "CREATE SEQUENCE seq_rounds START 1",
+        """CREATE TABLE rounds (
+            id INTEGER PRIMARY KEY DEFAULT nextval('seq_rounds'),
+            kind VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,
+            started_at TIMESTAMP NOT NULL,
+            finished_at TIMESTAMP,
+            n_labels INTEGER,
+            params VARCHAR,
+            checkpoint VARCHAR,
+            metrics VARCHAR,
+            error VARCHAR)""",
+        """CREATE TABLE predictions (
+            round_id INTEGER NOT NULL,
+            image_id INTEGER NOT NULL,
+            probs FLOAT[] NOT NULL)""",
+        "CREATE SEQUENCE seq_queue START 1",
+        """CREATE TABLE queue (
+            id BIGINT PRIMARY KEY DEFAULT nextval('seq_queue'),
+            image_id INTEGER NOT NULL,
+            annotator VARCHAR,
+            strategy VARCHAR,
+            score DOUBLE,
+            model_round INTEGER,
+            rank INTEGER,
+            created_at TIMESTAMP NOT NULL,
+            status VARCHAR NOT NULL DEFAULT 'open',
+            closed_at TIMESTAMP)""",
+        "CREATE SEQUENCE seq_events START 1",
+        """CREATE TABLE events (
+            id BIGINT PRIMARY KEY DEFAULT nextval('seq_events'),
+            at TIMESTAMP NOT NULL,
+            actor VARCHAR,
+            kind VARCHAR NOT NULL,
+            payload VARCHAR)""",
+    ],
+}
+
+
+def utcnow() -> datetime:
+    """Naive UTC timestamp, the form every TIMESTAMP column holds."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "being used by another process" in text
+
+
+class ProjectDB:
+    """Named operations on one project's DuckDB file; each opens and closes its own connection."""
+
+    def __init__(self, path: Path | str, busy_timeout: float | None = None):
+        self.path = Path(path)
+        env = os.environ.get("CXR_AL_BUSY_TIMEOUT")
+        self.busy_timeout = busy_timeout if busy_timeout is not None else float(env or DEFAULT_BUSY_TIMEOUT_S)
+
+    # ----------------------------------------------------------------- connections
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.02
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.Error as exc:
+                if not _is_lock_error(exc):
+                    raise CxrAlError(f"cannot open project database {self.path}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    raise ProjectBusyError(
+                        f"project is busy: another process has held {self.path} for more than "
+                        f"{self.busy_timeout:.0f} s; try again when it is done "
+                        "(or raise CXR_AL_BUSY_TIMEOUT)") from exc
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 1.6, 0.5)
+
+    @contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for reading, closed on exit."""
+        if not self.path.exists():
+            raise CxrAlError(f"no project database at {self.path} (run `cxr-al init` first)")
+        con = self._open()
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection inside one transaction: committed on success, rolled back on any error."""
+        if not self.path.exists():
+            raise CxrAlError(f"no project database at {self.path} (run `cxr-al init` first)")
+        con = self._open()
+        try:
+            con.begin()
+            try:
+                yield con
+            except BaseException:
+                con.rollback()
+                raise
+            con.commit()
+        finally:
+            con.close()
+
+    # ----------------------------------------------------------------- schema
+    def create(self) -> None:
+        """Create a new database at the current schema version; refuses to touch an existing file."""
+        if self.path.exists():
+            raise CxrAlError(f"{self.path} already exists; refusing to overwrite a project")
+        con = duckdb.connect(str(self.path))
+        try:
+            con.begin()
+            self._migrate(con, 0)
+            con.commit()
+        finally:
+            con.close()
+
+    def schema_version(self) -> int:
+        with self.read() as con:
+            return int(con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+
+    def migrate(self) -> int:
+        """Bring an older database forward to SCHEMA_VERSION; returns the version it ends at."""
+        with self.write() as con:
+            current = int(con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+            if current > SCHEMA_VERSION:
+                raise CxrAlError(f"project schema v{current} is newer than this CXR-AL (v{SCHEMA_VERSION}); upgrade CXR-AL")
+            self._migrate(con, current)
+        return SCHEMA_VERSION
+
+    @staticmethod
+    def _migrate(con: duckdb.DuckDBPyConnection, current: int) -> None:
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for stmt in MIGRATIONS[version]:
+                con.execute(stmt)
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(version)])
+
+    @staticmethod
+    def _log(con: duckdb.DuckDBPyConnection, kind: str, actor: str | None, payload: dict[str, Any]) -> None:
+        con.execute("INSERT INTO events (at, actor, kind, payload) VALUES (?, ?, ?, ?)",
+                    [utcnow(), actor, kind, json.dumps(payload, default=str)])
+
+    def log_event(self, kind: str, actor: str | None = None, **payload: Any) -> None:
+        """Append one entry to the event log (sign-ins, exports, configuration changes ...)."""
+        with self.write() as con:
+            self._log(con, kind, actor, payload)
+
+    def events(self, kind: str | None = None, limit: int = 1000) -> pd.DataFrame:
+        with self.read() as con:
+            sql = "SELECT * FROM events" + (" WHERE kind = ?" if kind else "") + " ORDER BY id DESC LIMIT ?"
+            return con.execute(sql, ([kind] if kind else []) + [limit]).df()
+
+    # ----------------------------------------------------------------- images
+    def known_paths_and_hashes(self) -> tuple[set[str], set[str]]:
+        """Paths and content hashes already in the project, to skip them on re-ingest."""
+        with self.read() as con:
+            rows = con.execute("SELECT path, sha256 FROM images").fetchall()
+        return {r[0] for r in rows}, {r[1] for r in rows}
+
+    def add_images(self, rows: Sequence[dict[str, Any]], oracle: Sequence[tuple[str, str]] = (),
+                   labels: Sequence[tuple[str, str]] = (), skipped: Sequence[tuple[str, str]] = ()) -> dict[str, int]:
+        """Insert images (dicts with path, sha256, size_bytes, width, height, format, modality, split),
+        plus ground truth or imported labels keyed by path, in one transaction; returns path -> id."""
+        now = utcnow()
+        with self.write() as con:
+            ids: dict[str, int] = {}
+            for r in rows:
+                (image_id,) = con.execute(
+                    """INSERT INTO images (path, sha256, size_bytes, width, height, format, modality, split, added_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                    [r["path"], r["sha256"], r["size_bytes"], r["width"], r["height"], r["format"],
+                     r["modality"], r["split"], now]).fetchone()
+                ids[r["path"]] = int(image_id)
+            if oracle:
+                con.executemany("INSERT INTO oracle VALUES (?, ?)", [(ids[p], lab) for p, lab in oracle])
+            if labels:
+                con.execute("INSERT OR IGNORE INTO annotators (name, role, created_at) VALUES ('import', 'system', ?)", [now])
+                con.executemany(
+                    "INSERT INTO labels (image_id, label, annotator, created_at, round_id, source) VALUES (?, ?, 'import', ?, 0, 'import')",
+                    [(ids[p], lab, now) for p, lab in labels])
+            if skipped:
+                con.executemany("INSERT INTO skipped VALUES (?, ?, ?)", [(p, why, now) for p, why in skipped])
+            if rows or skipped:
+                self._log(con, "ingest", None, {"added": len(rows), "skipped": len(skipped),
+                                                "oracle": len(oracle), "labels": len(labels)})
+        return ids
+
+    def images(self, split: str | None = None) -> pd.DataFrame:
+        """All images (id, path, sha256, split, ...), ordered by id."""
+        with self.read() as con:
+            if split:
+                return con.execute("SELECT * FROM images WHERE split = ? ORDER BY id", [split]).df()
+            return con.execute("SELECT * FROM images ORDER BY id").df()
+
+    def image(self, image_id: int) -> dict[str, Any]:
+        """One image's row; CxrAlError when the id is unknown."""
+        with self.read() as con:
+            cur = con.execute("SELECT * FROM images WHERE id = ?", [int(image_id)])
+            row = cur.fetchone()
+            if row is None:
+                raise CxrAlError(f"no image with id {image_id} in this project")
+            return dict(zip([d[0] for d in cur.description], row, strict=True))
+
+    def oracle_labels(self) -> pd.DataFrame:
+        """Hidden ground truth (image_id, label) for simulation and test metrics."""
+        with self.read() as con:
+            return con.execute("SELECT image_id, label FROM oracle ORDER BY image_id").df()
+
+    def skipped(self) -> pd.DataFrame:
+        with self.read() as con:
+            return con.execute("SELECT * FROM skipped ORDER BY at, path").df()
+
+    # ----------------------------------------------------------------- annotators
+    def upsert_annotator(self, name: str, role: str = "annotator", password_hash: str | None = None) -> None:
+        """Create an account, or update its role and password when it exists."""
+        with self.write() as con:
+            con.execute(
+                """INSERT INTO annotators (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (name) DO UPDATE SET role = excluded.role,
+                   password_hash = COALESCE(excluded.password_hash, annotators.password_hash)""",
+                [name, role, password_hash, utcnow()])
+            self._log(con, "account", None, {"name": name, "role": role})
+
+    def annotator(self, name: str) -> dict[str, Any] | None:
+        with self.read() as con:
+            cur = con.execute("SELECT * FROM annotators WHERE name = ?", [name])
+            row = cur.fetchone()
+            return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
+
+    def annotators(self) -> pd.DataFrame:
+        with self.read() as con:
+            return con.execute("SELECT name, role, created_at FROM annotators ORDER BY name").df()
+
+    # ----------------------------------------------------------------- labels
+    def add_label(self, image_id: int, label: str, annotator: str, *, seconds_spent: float | None = None,
+                  source: str = "cli", queue_id: int | None = None) -> int:
+        """Record one label, superseding the same annotator's earlier label of that image; returns its id.
+
+        Committed before it returns. Closes the annotator's open queue entry for the image.
+        """
+        now = utcnow()
+        with self.write() as con:
+            if con.execute("SELECT 1 FROM images WHERE id = ?", [int(image_id)]).fetchone() is None:
+                raise CxrAlError(f"no image with id {image_id} in this project")
+            con.execute("INSERT OR IGNORE INTO annotators (name, role, created_at) VALUES (?, 'annotator', ?)",
+                        [annotator, now])
+            (round_id,) = con.execute(
+                "SELECT COALESCE(MAX(id), 0) FROM rounds WHERE kind = 'train' AND status = 'done'").fetchone()
+            (label_id,) = con.execute(
+                """INSERT INTO labels (image_id, label, annotator, created_at, round_id, seconds_spent, source)
+                   VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                [int(image_id), label, annotator, now, round_id, seconds_spent, source]).fetchone()
+            con.execute(
+                """UPDATE labels SET superseded_by = ?, superseded_at = ?
+                   WHERE image_id = ? AND annotator = ? AND superseded_by IS NULL AND id <> ?""",
+                [label_id, now, int(image_id), annotator, label_id])
+            con.execute(
+                """UPDATE queue SET status = 'done', closed_at = ?
+                   WHERE image_id = ? AND status = 'open' AND (annotator = ? OR annotator IS NULL)""",
+                [now, int(image_id), annotator])
+            self._log(con, "label", annotator, {"image_id": int(image_id), "label": label,
+                                                "label_id": int(label_id), "source": source})
+        return int(label_id)
+
+    def undo_last_label(self, annotator: str) -> dict[str, Any] | None:
+        """Withdraw the annotator's most recent current label, restoring what it superseded."""
+        now = utcnow()
+        with self.write() as con:
+            row = con.execute(
+                """SELECT id, image_id, label FROM labels WHERE annotator = ? AND superseded_by IS NULL
+                   AND source <> 'import' ORDER BY id DESC LIMIT 1""", [annotator]).fetchone()
+            if row is None:
+                return None
+            label_id, image_id, label = row
+            # withdrawn labels point at themselves: kept for the record, no longer current
+            con.execute("UPDATE labels SET superseded_by = id, superseded_at = ? WHERE id = ?", [now, label_id])
+            con.execute(
+                """UPDATE labels SET superseded_by = NULL, superseded_at = NULL
+                   WHERE id = (SELECT MAX(id) FROM labels WHERE superseded_by = ?)""", [label_id])
+            con.execute(
+                """UPDATE queue SET status = 'open', closed_at = NULL WHERE id = (
+                   SELECT MAX(id) FROM queue WHERE image_id = ? AND status = 'done'
+                   AND (annotator = ? OR annotator IS NULL))""", [image_id, annotator])
+            self._log(con, "undo", annotator, {"image_id": int(image_id), "label": label, "label_id": int(label_id)})
+        return {"label_id": int(label_id), "image_id": int(image_id), "label": label}
+
+    def current_labels(self) -> pd.DataFrame:
+        """Every current (not superseded or withdrawn) label: one row per image and annotator."""
+        with self.read() as con:
+            return con.execute(
+                """SELECT l.id AS label_id, l.image_id, l.label, l.annotator, l.created_at, l.round_id,
+                          l.seconds_spent, l.source, i.split
+                   FROM labels l JOIN images i ON i.id = l.image_id
+                   WHERE l.superseded_by IS NULL ORDER BY l.id""").df()
+
+    def label_history(self, image_id: int | None = None) -> pd.DataFrame:
+        """All labels ever given, superseded ones included (for audit and review)."""
+        with self.read() as con:
+            if image_id is None:
+                return con.execute("SELECT * FROM labels ORDER BY id").df()
+            return con.execute("SELECT * FROM labels WHERE image_id = ? ORDER BY id", [int(image_id)]).df()
+
+    # ----------------------------------------------------------------- rounds and predictions
+    def start_round(self, kind: str, params: dict[str, Any]) -> int:
+        """Open a round (kind: pretrain | embed | train | simulate) and return its id."""
+        with self.write() as con:
+            (n_labels,) = con.execute(
+                "SELECT COUNT(DISTINCT image_id) FROM labels WHERE superseded_by IS NULL").fetchone()
+            (round_id,) = con.execute(
+                """INSERT INTO rounds (kind, status, started_at, n_labels, params) VALUES (?, 'running', ?, ?, ?)
+                   RETURNING id""", [kind, utcnow(), n_labels, json.dumps(params, default=str)]).fetchone()
+            self._log(con, "round_start", None, {"round_id": int(round_id), "kind": kind})
+        return int(round_id)
+
+    def finish_round(self, round_id: int, *, checkpoint: str | None = None, metrics: dict[str, Any] | None = None,
+                     predictions: pd.DataFrame | None = None) -> None:
+        """Mark a round done and record its outputs (predictions: image_id + probs columns)."""
+        with self.write() as con:
+            con.execute("UPDATE rounds SET status = 'done', finished_at = ?, checkpoint = ?, metrics = ? WHERE id = ?",
+                        [utcnow(), checkpoint, json.dumps(metrics or {}, default=float), int(round_id)])
+            if predictions is not None and len(predictions):
+                frame = pd.DataFrame({"round_id": int(round_id), "image_id": predictions["image_id"].astype("int32"),
+                                      "probs": predictions["probs"]})
+                con.register("new_predictions", frame)
+                con.execute("INSERT INTO predictions SELECT round_id, image_id, probs::FLOAT[] FROM new_predictions")
+                con.unregister("new_predictions")
+            self._log(con, "round_done", None, {"round_id": int(round_id)})
+
+    def fail_round(self, round_id: int, error: str) -> None:
+        """Mark a round failed with its error; labels are never touched."""
+        with self.write() as con:
+            con.execute("UPDATE rounds SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                        [utcnow(), error[-4000:], int(round_id)])
+            self._log(con, "round_failed", None, {"round_id": int(round_id), "error": error[-500:]})
+
+    def rounds(self, kind: str | None = None) -> pd.DataFrame:
+        with self.read() as con:
+            sql = "SELECT * FROM rounds" + (" WHERE kind = ?" if kind else "") + " ORDER BY id"
+            return con.execute(sql, [kind] if kind else []).df()
+
+    def predictions(self, round_id: int) -> pd.DataFrame:
+        with self.read() as con:
+            return con.execute("SELECT image_id, probs FROM predictions WHERE round_id = ? ORDER BY image_id",
+                               [int(round_id)]).df()
+
+    # ----------------------------------------------------------------- queue
+    def add_to_queue(self, entries: Iterable[dict[str, Any]]) -> int:
+        """Append suggestions (image_id, annotator, strategy, score, model_round, rank); returns how many."""
+        now = utcnow()
+        rows = [(int(e["image_id"]), e.get("annotator"), e.get("strategy"), float(e.get("score") or 0.0),
+                 e.get("model_round"), int(e.get("rank", i)), now) for i, e in enumerate(entries)]
+        with self.write() as con:
+            con.executemany(
+                """INSERT INTO queue (image_id, annotator, strategy, score, model_round, rank, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)""", rows)
+        return len(rows)
+
+    def open_queue(self, annotator: str | None = None) -> pd.DataFrame:
+        """Open suggestions in order, for one annotator (their own plus unassigned) or for all."""
+        with self.read() as con:
+            if annotator is None:
+                return con.execute("SELECT * FROM queue WHERE status = 'open' ORDER BY id").df()
+            return con.execute(
+                "SELECT * FROM queue WHERE status = 'open' AND (annotator = ? OR annotator IS NULL) ORDER BY id",
+                [annotator]).df()
+
+    def close_queue_entries(self, ids: Sequence[int], status: str) -> None:
+        """Close suggestions as skipped, expired or unsure."""
+        with self.write() as con:
+            con.executemany("UPDATE queue SET status = ?, closed_at = ? WHERE id = ? AND status = 'open'",
+                            [(status, utcnow(), int(i)) for i in ids])
+
+    # ----------------------------------------------------------------- summary
+    def summary(self) -> dict[str, Any]:
+        """Counts for `cxr-al status`: images, labels per class, annotators, rounds, queue, skipped files."""
+        with self.read() as con:
+            splits = dict(con.execute("SELECT split, COUNT(*) FROM images GROUP BY split").fetchall())
+            per_class = dict(con.execute(
+                """SELECT label, COUNT(*) FROM labels WHERE superseded_by IS NULL GROUP BY label ORDER BY label"""
+            ).fetchall())
+            (labeled_images,) = con.execute(
+                "SELECT COUNT(DISTINCT image_id) FROM labels WHERE superseded_by IS NULL").fetchone()
+            (n_labels,) = con.execute("SELECT COUNT(*) FROM labels WHERE superseded_by IS NULL").fetchone()
+            per_annotator = dict(con.execute(
+                "SELECT annotator, COUNT(*) FROM labels WHERE superseded_by IS NULL GROUP BY annotator ORDER BY annotator"
+            ).fetchall())
+            (n_oracle,) = con.execute("SELECT COUNT(*) FROM oracle").fetchone()
+            (n_skipped,) = con.execute("SELECT COUNT(*) FROM skipped").fetchone()
+            skipped_reasons = dict(con.execute(
+                "SELECT split_part(reason, ':', 1), COUNT(*) FROM skipped GROUP BY 1 ORDER BY 1").fetchall())
+            (n_queue,) = con.execute("SELECT COUNT(*) FROM queue WHERE status = 'open'").fetchone()
+            cur = con.execute("SELECT id, kind, status, started_at, finished_at, n_labels, checkpoint, metrics, error "
+                              "FROM rounds ORDER BY id")
+            cols = [d[0] for d in cur.description]
+            rounds = []
+            for row in cur.fetchall():
+                r = dict(zip(cols, row, strict=True))
+                r["metrics"] = json.loads(r["metrics"]) if r["metrics"] else {}
+                rounds.append(r)
+        return {
+            "images": {"total": int(sum(splits.values())), "pool": int(splits.get("pool", 0)),
+                       "test": int(splits.get("test", 0))},
+            "skipped": int(n_skipped),
+            "skipped_reasons": {k: int(v) for k, v in skipped_reasons.items()},
+            "labels": int(labeled_images),
+            "label_records": int(n_labels),
+            "labels_per_class": {k: int(v) for k, v in per_class.items()},
+            "labels_per_annotator": {k: int(v) for k, v in per_annotator.items()},
+            "oracle_labels": int(n_oracle),
+            "queue": int(n_queue),
+            "rounds": rounds,
+        }
