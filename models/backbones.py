@@ -115,3 +115,31 @@ def build_backbone(name: str = "resnet18", init: str | Path = "random", *, allow
             raise CxrAlError(f"{path} does not fit a {name}: {len(missing)} weights missing (e.g. {missing[0]})")
         return backbone
     return GreyBackbone(name, _strip_head(name, model), dim)
+
+
+def save_checkpoint(path: Path | str, backbone: GreyBackbone, **meta) -> Path:
+    """Write a CXR-AL checkpoint: the backbone's state dict plus metadata (method, image_size, head, classes ...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": "cxr-al-checkpoint/1", "backbone_name": backbone.name,
+               "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()}, **meta}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint under the real name
+    return path
+
+
+def load_checkpoint(path: Path | str) -> tuple[GreyBackbone, dict]:
+    """Read a CXR-AL checkpoint back: (backbone with its weights, the whole payload as metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CxrAlError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CxrAlError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != "cxr-al-checkpoint/1":
+        raise CxrAlError(f"{path} is not a CXR-AL checkpoint")
+    backbone = build_backbone(payload["backbone_name"], "random")
+    backbone.load_state_dict(payload["backbone"])
+    return backbone, payload
