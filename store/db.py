@@ -44,7 +44,7 @@ MIGRATIONS: dict[int, list[str]] = {
             added_at TIMESTAMP NOT NULL)""",
         # hidden ground truth for oracle simulation and test metrics; never shown to annotators
         "CREATE TABLE oracle (image_id INTEGER PRIMARY KEY, label VARCHAR NOT NULL)",
-        "CREATE TABLE skipped (path VARCHAR, reason VARCHAR, at TIMESTAMP)",
+        "CREATE TABLE skipped (path VARCHAR, reason VARCHAR, skipped_at TIMESTAMP)",
         """CREATE TABLE annotators (
             name VARCHAR PRIMARY KEY,
             role VARCHAR NOT NULL DEFAULT 'annotator',
@@ -93,7 +93,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE SEQUENCE seq_events START 1",
         """CREATE TABLE events (
             id BIGINT PRIMARY KEY DEFAULT nextval('seq_events'),
-            at TIMESTAMP NOT NULL,
+            logged_at TIMESTAMP NOT NULL,
             actor VARCHAR,
             kind VARCHAR NOT NULL,
             payload VARCHAR)""",
@@ -175,8 +175,12 @@ class ProjectDB:
             con.begin()
             self._migrate(con, 0)
             con.commit()
-        finally:
+        except BaseException:
             con.close()
+            for leftover in (self.path, self.path.with_name(self.path.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+            raise
+        con.close()
 
     def schema_version(self) -> int:
         with self.read() as con:
@@ -200,7 +204,7 @@ class ProjectDB:
 
     @staticmethod
     def _log(con: duckdb.DuckDBPyConnection, kind: str, actor: str | None, payload: dict[str, Any]) -> None:
-        con.execute("INSERT INTO events (at, actor, kind, payload) VALUES (?, ?, ?, ?)",
+        con.execute("INSERT INTO events (logged_at, actor, kind, payload) VALUES (?, ?, ?, ?)",
                     [utcnow(), actor, kind, json.dumps(payload, default=str)])
 
     def log_event(self, kind: str, actor: str | None = None, **payload: Any) -> None:
@@ -271,7 +275,7 @@ class ProjectDB:
 
     def skipped(self) -> pd.DataFrame:
         with self.read() as con:
-            return con.execute("SELECT * FROM skipped ORDER BY at, path").df()
+            return con.execute("SELECT * FROM skipped ORDER BY skipped_at, path").df()
 
     # ----------------------------------------------------------------- annotators
     def upsert_annotator(self, name: str, role: str = "annotator", password_hash: str | None = None) -> None:

@@ -1,0 +1,94 @@
+"""The service API: what the CLI and the Streamlit app call. It joins store/ and models/."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from store.errors import CxrAlError
+from store.export import labeled_set, write_export
+from store.ingest import IngestReport, ingest_folder
+from store.project import Project, init_project, open_project
+
+__all__ = ["Project", "create_project", "open_project", "ingest", "status", "record_label", "undo_label",
+           "export", "export_frame", "validate_annotator"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+RESERVED_NAMES = {"import", "oracle", "system"}
+
+
+def validate_annotator(name: str) -> str:
+    """Annotator names are short identifiers; 'import' and 'oracle' are reserved for the system."""
+    name = (name or "").strip()
+    if not _NAME_RE.match(name):
+        raise CxrAlError(f"annotator name {name!r} is not valid: use letters, digits and _ . @ - (max 64)")
+    if name.lower() in RESERVED_NAMES:
+        raise CxrAlError(f"annotator name {name!r} is reserved; choose another")
+    return name
+
+
+def create_project(root: Path | str, classes: list[str] | str, **kwargs: Any) -> Project:
+    """Create a project folder with its database and configuration."""
+    if isinstance(classes, str):
+        classes = [c for c in classes.split(",")]
+    return init_project(root, classes, **kwargs)
+
+
+def ingest(project: Project, images_dir: Path | str, *, labels_from: str | None = None, labels_as: str = "oracle",
+           test_fraction: float | None = None, seed: int = 0,
+           progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None
+           ) -> IngestReport:
+    """Ingest a folder into the project (see store.ingest.ingest_folder); test split only with labels."""
+    if test_fraction is None:
+        test_fraction = 0.2 if labels_from else 0.0
+    return ingest_folder(project.db, images_dir, project.classes, labels_from=labels_from, labels_as=labels_as,
+                         test_fraction=test_fraction, seed=seed, progress=progress, on_total=on_total)
+
+
+def status(project: Project) -> dict[str, Any]:
+    """Everything `cxr-al status` shows, JSON-serialisable."""
+    summary = project.db.summary()
+    summary["project"] = {"name": project.config.get("name"), "root": str(project.root.resolve()),
+                          "classes": project.classes, "positive_class": project.config.get("positive_class"),
+                          "round_policy": project.round_policy}
+    summary["annotators"] = sorted(a for a in summary["labels_per_annotator"] if a != "import")
+    return summary
+
+
+def record_label(project: Project, image_id: int, label: str, annotator: str, *,
+                 seconds_spent: float | None = None, source: str = "cli") -> int:
+    """Validate and store one label; it is committed when this returns. Returns the label id."""
+    canonical = project.canonical_class(label)
+    annotator = validate_annotator(annotator)
+    if seconds_spent is not None and not (0 <= float(seconds_spent) < 86400):
+        raise CxrAlError("seconds spent must be between 0 and 86400")
+    return project.db.add_label(int(image_id), canonical, annotator, seconds_spent=seconds_spent, source=source)
+
+
+def undo_label(project: Project, annotator: str) -> dict[str, Any] | None:
+    """Withdraw the annotator's last label (the one before it, if any, becomes current again)."""
+    return project.db.undo_last_label(validate_annotator(annotator))
+
+
+def export_frame(project: Project, *, split: str = "all", classes: list[str] | None = None,
+                 annotator: str | None = None, agreement: str | None = None) -> pd.DataFrame:
+    """The labeled set as a table, filtered as asked."""
+    if classes:
+        classes = [project.canonical_class(c) for c in classes]
+    if agreement and agreement not in ("single", "agree", "disagree"):
+        raise CxrAlError("agreement filter must be single, agree or disagree")
+    return labeled_set(project.db, split=split, classes=classes, annotator=annotator, agreement=agreement)
+
+
+def export(project: Project, out: Path | str, fmt: str, *, split: str = "all", classes: list[str] | None = None,
+           annotator: str | None = None, agreement: str | None = None, link: bool = False,
+           overwrite: bool = False, actor: str | None = None) -> tuple[Path, int]:
+    """Write the labeled set to OUT; returns (path written, number of images)."""
+    frame = export_frame(project, split=split, classes=classes, annotator=annotator, agreement=agreement)
+    path = write_export(frame, out, fmt, link=link, overwrite=overwrite)
+    project.db.log_event("export", actor, out=str(path), format=fmt, rows=len(frame), split=split)
+    return path, len(frame)
