@@ -339,11 +339,12 @@ class ProjectDB:
             if row is None:
                 return None
             label_id, image_id, label = row
-            # withdrawn labels point at themselves: kept for the record, no longer current
-            con.execute("UPDATE labels SET superseded_by = id, superseded_at = ? WHERE id = ?", [now, label_id])
             con.execute(
                 """UPDATE labels SET superseded_by = NULL, superseded_at = NULL
-                   WHERE id = (SELECT MAX(id) FROM labels WHERE superseded_by = ?)""", [label_id])
+                   WHERE id = (SELECT MAX(id) FROM labels WHERE superseded_by = ? AND id <> ?)""",
+                [label_id, label_id])
+            # withdrawn labels point at themselves: kept for the record, no longer current
+            con.execute("UPDATE labels SET superseded_by = id, superseded_at = ? WHERE id = ?", [now, label_id])
             con.execute(
                 """UPDATE queue SET status = 'open', closed_at = NULL WHERE id = (
                    SELECT MAX(id) FROM queue WHERE image_id = ? AND status = 'done'

@@ -53,6 +53,8 @@ def render_phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.
     """Draw one phantom of class `label`; returns (uint8 pixels, bool lesion mask)."""
     if label not in PHANTOM_CLASSES:
         raise ValueError(f"unknown phantom class {label!r}; choose from {PHANTOM_CLASSES}")
+    # separate streams: the same seed gives the same patient and detector whatever the lesion
+    rng, lesion_rng, detector_rng = rng.spawn(3)
     lin = np.linspace(-1.0, 1.0, size)
     gx, gy = np.meshgrid(lin, lin)
     # patient pose: scale, rotation, shift (the whole anatomy moves together)
@@ -98,27 +100,27 @@ def render_phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.
 
     lung_core = lungs > 0.5
     lesion = np.zeros_like(img)
-    strength = rng.uniform(0.35, 1.0)  # some findings are subtle
+    strength = lesion_rng.uniform(0.35, 1.0)  # some findings are subtle
     if label == "Consolidation":
-        side = rng.choice([-1.0, 1.0])
-        cx = side * rng.uniform(0.28, 0.46)
-        cy = rng.uniform(-0.1, 0.4)
-        blob = _blob(rng, x, y, cx, cy, rng.uniform(0.1, 0.17), size)
+        side = lesion_rng.choice([-1.0, 1.0])
+        cx = side * lesion_rng.uniform(0.28, 0.46)
+        cy = lesion_rng.uniform(-0.1, 0.4)
+        blob = _blob(lesion_rng, x, y, cx, cy, lesion_rng.uniform(0.1, 0.17), size)
         lesion = 0.3 * strength * blob
     elif label == "GroundGlass":
         patches = np.zeros_like(img)
         for side in (-1.0, 1.0):
-            for _ in range(rng.integers(2, 4)):
-                cx = side * rng.uniform(0.45, 0.6)
-                cy = rng.uniform(-0.45, 0.45)
-                patches = np.maximum(patches, _blob(rng, x, y, cx, cy, rng.uniform(0.08, 0.13), size))
+            for _ in range(lesion_rng.integers(2, 4)):
+                cx = side * lesion_rng.uniform(0.45, 0.6)
+                cy = lesion_rng.uniform(-0.45, 0.45)
+                patches = np.maximum(patches, _blob(lesion_rng, x, y, cx, cy, lesion_rng.uniform(0.08, 0.13), size))
         lesion = 0.14 * strength * gaussian_filter(patches, sigma=size / 90)
     elif label == "Interstitial":
-        noise = rng.standard_normal((size, size))
+        noise = lesion_rng.standard_normal((size, size))
         band = gaussian_filter(noise, size / 110) - gaussian_filter(noise, size / 45)
         band /= band.std() + 1e-9
         net = _smooth_step(np.abs(band) - 0.35, 0.3)  # thin lines where the band-pass crosses zero
-        zone = _smooth_step(-(y - rng.uniform(-0.25, -0.05)), 0.2)  # lower and middle zones
+        zone = _smooth_step(-(y - lesion_rng.uniform(-0.25, -0.05)), 0.2)  # lower and middle zones
         lesion = 0.11 * strength * net * zone
     lesion *= lungs
     img += lesion
@@ -129,9 +131,9 @@ def render_phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.
 
     # detector: contrast, gamma, quantum noise
     img = np.clip(img, 0, None)
-    img = img * rng.uniform(0.85, 1.15) + rng.uniform(-0.03, 0.03)
-    img = np.clip(img, 0, 1) ** rng.uniform(0.85, 1.2)
-    img += rng.normal(0, rng.uniform(0.01, 0.03), img.shape)
+    img = img * detector_rng.uniform(0.85, 1.15) + detector_rng.uniform(-0.03, 0.03)
+    img = np.clip(img, 0, 1) ** detector_rng.uniform(0.85, 1.2)
+    img += detector_rng.normal(0, detector_rng.uniform(0.01, 0.03), img.shape)
     pixels = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
     return pixels, mask
 

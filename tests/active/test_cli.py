@@ -1,0 +1,71 @@
+"""The cxr-al command line end to end on phantoms, run as a user would (a subprocess per command)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cxr(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "active.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_every_command_has_help(tmp_path) -> None:
+    for cmd in ("demo-data", "init", "ingest", "status", "label", "undo", "export"):
+        out = cxr(cmd, "--help", cwd=tmp_path).stdout
+        assert "usage: cxr-al " + cmd in out
+
+
+def test_end_to_end_on_phantoms(tmp_path) -> None:
+    cxr("demo-data", "demo", "--n", "24", "--size", "64", "--seed", "4", cwd=tmp_path)
+    assert len(list((tmp_path / "demo" / "images").rglob("*.png"))) == 24
+    cxr("init", "proj", "--classes", "Normal,Consolidation,GroundGlass,Interstitial", cwd=tmp_path)
+    again = cxr("init", "proj", "--classes", "Normal,Consolidation", cwd=tmp_path, ok=False)
+    assert again.returncode != 0 and "refusing to overwrite" in again.stderr and "Traceback" not in again.stderr
+
+    out = cxr("ingest", "proj", "demo/images", "--labels-from", "folders", "--as", "oracle", "--test-fraction",
+              "0.25", "--json", cwd=tmp_path).stdout
+    report = json.loads(out)
+    assert report["added"] == 24 and report["test"] == 8
+
+    status = json.loads(cxr("status", "proj", "--json", cwd=tmp_path).stdout)
+    assert {"images", "skipped", "labels", "labels_per_class", "rounds"} <= set(status)
+    assert status["images"] == {"total": 24, "pool": 16, "test": 8} and status["labels"] == 0
+
+    cxr("label", "proj", "1", "normal", "--annotator", "alice", cwd=tmp_path)
+    cxr("label", "proj", "2", "Consolidation", "--annotator", "alice", "--seconds", "4.2", cwd=tmp_path)
+    bad = cxr("label", "proj", "3", "Pneumothorax", "--annotator", "alice", cwd=tmp_path, ok=False)
+    assert bad.returncode == 2 and "unknown class" in bad.stderr and "Traceback" not in bad.stderr
+    missing = cxr("label", "proj", "999", "Normal", "--annotator", "alice", cwd=tmp_path, ok=False)
+    assert missing.returncode == 2 and "no image with id 999" in missing.stderr
+
+    status = json.loads(cxr("status", "proj", "--json", cwd=tmp_path).stdout)
+    assert status["labels"] == 2 and status["labels_per_class"] == {"Consolidation": 1, "Normal": 1}
+    assert status["annotators"] == ["alice"]
+    assert "labeled images: 2" in cxr("status", "proj", cwd=tmp_path).stdout
+
+    cxr("undo", "proj", "--annotator", "alice", cwd=tmp_path)
+    cxr("export", "proj", "labels.csv", "--format", "csv", cwd=tmp_path)
+    frame = pd.read_csv(tmp_path / "labels.csv")
+    assert list(frame["image_id"]) == [1] and frame["label"].iloc[0] == "Normal"
+    cxr("export", "proj", "folder", "--format", "imagefolder", cwd=tmp_path)
+    assert len(list((tmp_path / "folder" / "Normal").iterdir())) == 1
+
+
+def test_user_errors_are_one_line(tmp_path) -> None:
+    for args in (["status", "nowhere"], ["ingest", "nowhere", "x"], ["init", "p", "--classes", "OnlyOne"]):
+        proc = cxr(*args, cwd=tmp_path, ok=False)
+        assert proc.returncode == 2, args
+        assert proc.stderr.startswith("cxr-al: error:") and "Traceback" not in proc.stderr

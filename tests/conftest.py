@@ -1,0 +1,81 @@
+"""Shared fixtures: phantom images, DICOM files and small projects, all generated on the fly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("CXR_AL_BUSY_TIMEOUT", "10")
+
+try:  # keep torch from fighting over the two cores of a CI machine
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+except ImportError:  # pragma: no cover
+    pass
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2",
+                window: tuple[float, float] | None = None, rescale: tuple[float, float] | None = None,
+                patient_name: str = "Doe^Jane", with_pixels: bool = True, preamble: bool = True) -> Path:
+    """Write a minimal but valid DICOM Part 10 file (Digital X-Ray) with the given pixels."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128 if preamble else None)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName = patient_name
+    ds.PatientID = "PID-12345"
+    ds.Modality = "DX"
+    if with_pixels:
+        arr = np.asarray(pixels)
+        ds.Rows, ds.Columns = arr.shape
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = photometric
+        bits = 16 if arr.dtype == np.uint16 else 8
+        ds.BitsAllocated = bits
+        ds.BitsStored = bits
+        ds.HighBit = bits - 1
+        ds.PixelRepresentation = 0
+        ds.PixelData = arr.tobytes()
+        if window is not None:
+            ds.WindowCenter, ds.WindowWidth = window
+        if rescale is not None:
+            ds.RescaleSlope, ds.RescaleIntercept = rescale
+    ds.save_as(str(path), enforce_file_format=preamble)
+    return Path(path)
+
+
+@pytest.fixture
+def phantom_dir(tmp_path: Path) -> Path:
+    """40 phantoms (10 per class) at 64 px in ImageFolder layout, with masks and labels.csv."""
+    from store.phantoms import write_phantom_dataset
+
+    return write_phantom_dataset(tmp_path / "phantoms", n=40, seed=3, size=64)
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    """An empty project with the four phantom classes."""
+    from store.phantoms import PHANTOM_CLASSES
+    from store.project import init_project
+
+    return init_project(tmp_path / "project", list(PHANTOM_CLASSES), image_size=64)
+
+
+@pytest.fixture
+def ingested_project(project, phantom_dir):
+    """The phantom project with all 40 phantoms ingested as hidden ground truth (20% test)."""
+    from store.ingest import ingest_folder
+
+    ingest_folder(project.db, phantom_dir / "images", project.classes, labels_from="folders",
+                  labels_as="oracle", test_fraction=0.2, seed=0)
+    return project
