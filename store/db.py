@@ -413,15 +413,19 @@ class ProjectDB:
 
     # ----------------------------------------------------------------- queue
     def add_to_queue(self, entries: Iterable[dict[str, Any]]) -> int:
-        """Append suggestions (image_id, annotator, strategy, score, model_round, rank); returns how many."""
+        """Append suggestions (image_id, annotator, strategy, score, model_round, rank); returns how many were new."""
         now = utcnow()
         rows = [(int(e["image_id"]), e.get("annotator"), e.get("strategy"), float(e.get("score") or 0.0),
                  e.get("model_round"), int(e.get("rank", i)), now) for i, e in enumerate(entries)]
+        added = 0
         with self.write() as con:
-            con.executemany(
-                """INSERT INTO queue (image_id, annotator, strategy, score, model_round, rank, created_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?)""", rows)
-        return len(rows)
+            for row in rows:  # an image waits in at most one queue: concurrent suggestions stay disjoint
+                added += len(con.execute(
+                    """INSERT INTO queue (image_id, annotator, strategy, score, model_round, rank, created_at)
+                       SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (
+                           SELECT 1 FROM queue WHERE image_id = ? AND status = 'open') RETURNING 1""",
+                    [*row, row[0]]).fetchall())
+        return added
 
     def open_queue(self, annotator: str | None = None) -> pd.DataFrame:
         """Open suggestions in order, for one annotator (their own plus unassigned) or for all."""

@@ -1,0 +1,252 @@
+"""Rounds: pretraining, embedding and training jobs recorded in the project, and the round policy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from active.jobs import run_in_child, run_job
+from store.errors import CxrAlError
+from store.export import labeled_set
+from store.project import Project
+
+EMBEDDINGS_NAME = "embeddings.parquet"
+INDEX_DIR = "index"
+
+
+def _run(spec: dict[str, Any], in_child: bool) -> dict[str, Any]:
+    return run_in_child(spec) if in_child else run_job(spec)
+
+
+def latest_round(project: Project, kind: str) -> dict[str, Any] | None:
+    """The most recent successful round of a kind (pretrain | embed | train), or None."""
+    rounds = project.db.rounds(kind)
+    done = rounds[rounds["status"] == "done"]
+    if done.empty:
+        return None
+    row = done.iloc[-1].to_dict()
+    row["metrics"] = json.loads(row["metrics"]) if row.get("metrics") else {}
+    row["params"] = json.loads(row["params"]) if row.get("params") else {}
+    return row
+
+
+def _recorded(project: Project, kind: str, params: dict[str, Any], spec: dict[str, Any], in_child: bool,
+              record) -> dict[str, Any]:
+    """Open a round, run its job, record the outputs with `record(round_id, result)` or mark it failed."""
+    round_id = project.db.start_round(kind, params)
+    spec = {**spec, "out_dir": str(project.artifacts / "rounds" / f"{round_id:04d}-{kind}")}
+    try:
+        result = _run(spec, in_child)
+        record(round_id, result)
+    except BaseException as exc:
+        project.db.fail_round(round_id, f"{type(exc).__name__}: {exc}")
+        raise
+    return {"round_id": round_id, **result}
+
+
+# ----------------------------------------------------------------------------- pretraining
+def pretrain(project: Project, *, method: str = "simclr", backbone: str | None = None, init: str = "random",
+             epochs: int = 10, batch_size: int = 64, image_size: int | None = None, device: str = "auto",
+             resume: bool = False, seed: int = 0, max_steps: int | None = None, in_child: bool = True,
+             progress: bool = True) -> dict[str, Any]:
+    """SSL-pretrain a backbone on every image of the project (labels are not used)."""
+    images = project.db.images()
+    if images.empty:
+        raise CxrAlError("the project has no images yet; run `cxr-al ingest` first")
+    backbone = backbone or project.config.get("backbone", "resnet18")
+    image_size = image_size or int(project.config["image_size"])
+    params = {"method": method, "backbone": backbone, "init": str(init), "epochs": epochs, "batch_size": batch_size,
+              "image_size": image_size, "device": device, "seed": seed}
+    spec = {"task": "pretrain", "paths": images["path"].tolist(), "resume": resume, "max_steps": max_steps,
+            "progress": progress, **params}
+
+    def record(round_id: int, result: dict[str, Any]) -> None:
+        metrics = {"final_loss": result["losses"][-1] if result["losses"] else None, "losses": result["losses"],
+                   "images_per_second": result["images_per_second"], "device": result["device"],
+                   "seconds": result["seconds"]}
+        project.db.finish_round(round_id, checkpoint=result["checkpoint"], metrics=metrics)
+
+    return _recorded(project, "pretrain", params, spec, in_child, record)
+
+
+# ----------------------------------------------------------------------------- embeddings and index
+def _file_tag(path: str | None, fallback: str) -> str:
+    if not path:
+        return fallback
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def embed(project: Project, *, checkpoint: str | None = None, init: str | None = None, batch_size: int = 64,
+          device: str = "auto", in_child: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Embed every image not embedded yet with the latest SSL backbone (or `checkpoint`), then refresh the index.
+
+    Without any pretraining run, `init` (random | imagenet | PATH) gives an un-pretrained backbone.
+    """
+    from store.embeddings import load_embeddings, merge_embeddings, save_embeddings
+    from store.index import EmbeddingIndex
+
+    if checkpoint is None and init is None:
+        run = latest_round(project, "pretrain")
+        if run is None:
+            raise CxrAlError("no pretrained backbone yet: run `cxr-al pretrain` first, or pass --checkpoint PATH "
+                             "or --init random|imagenet to embed with an un-pretrained backbone")
+        checkpoint = run["checkpoint"]
+    backbone = project.config.get("backbone", "resnet18")
+    tag = _file_tag(checkpoint, f"init:{init}:{backbone}")
+    images = project.db.images()
+    path = project.artifacts / EMBEDDINGS_NAME
+    old_ids = np.zeros(0, dtype=np.int64)
+    if path.exists():
+        old_ids, old_vectors, old_tag = load_embeddings(path)
+        if old_tag != tag:
+            old_ids = np.zeros(0, dtype=np.int64)  # a new backbone: embed everything again
+    todo = images[~images["id"].isin(old_ids)]
+    params = {"checkpoint": checkpoint, "init": init, "tag": tag, "new": int(len(todo))}
+    spec = {"task": "embed", "paths": todo["path"].tolist(), "checkpoint": checkpoint, "backbone": backbone,
+            "init": init or "random", "image_size": None if checkpoint else int(project.config["image_size"]),
+            "batch_size": batch_size, "device": device, "progress": progress}
+
+    def record(round_id: int, result: dict[str, Any]) -> None:
+        vectors = np.load(result["vectors"]) if len(todo) else np.zeros((0, 1), np.float32)
+        new_ids = todo["id"].to_numpy(dtype=np.int64)
+        if len(old_ids):
+            merge_embeddings(path, new_ids, vectors, tag)
+        else:
+            save_embeddings(path, new_ids, vectors, tag)
+        ids, all_vectors, _ = load_embeddings(path)
+        index = EmbeddingIndex.load_or_build(project.artifacts / INDEX_DIR, ids, all_vectors, tag)
+        project.db.finish_round(round_id, checkpoint=checkpoint, metrics={
+            "embedded": int(len(new_ids)), "embeddings": int(len(ids)), "dim": int(all_vectors.shape[1]),
+            "index": index.kind, "images_per_second": result.get("images_per_second")})
+
+    if todo.empty and path.exists():
+        ids, vectors, _ = load_embeddings(path)
+        index = EmbeddingIndex.load_or_build(project.artifacts / INDEX_DIR, ids, vectors, tag)
+        return {"round_id": None, "count": 0, "embeddings": int(len(ids)), "index": index.kind}
+    return _recorded(project, "embed", params, spec, in_child, record)
+
+
+def embeddings_for(project: Project, image_ids: np.ndarray) -> np.ndarray:
+    """Embeddings in the order of image_ids; CxrAlError when some image has none yet."""
+    from store.embeddings import load_embeddings
+
+    path = project.artifacts / EMBEDDINGS_NAME
+    if not path.exists():
+        raise CxrAlError("no embeddings yet: run `cxr-al embed` first")
+    ids, vectors, _ = load_embeddings(path)
+    pos = pd.Series(np.arange(len(ids)), index=ids)
+    missing = np.setdiff1d(image_ids, ids)
+    if len(missing):
+        raise CxrAlError(f"{len(missing)} images have no embedding yet (e.g. id {missing[0]}): run `cxr-al embed`")
+    return vectors[pos.loc[image_ids].to_numpy()]
+
+
+def load_index(project: Project):
+    """The project's FAISS index, rebuilt from the embeddings when stale or missing."""
+    from store.embeddings import load_embeddings
+    from store.index import EmbeddingIndex
+
+    path = project.artifacts / EMBEDDINGS_NAME
+    if not path.exists():
+        raise CxrAlError("no embeddings yet: run `cxr-al embed` first")
+    ids, vectors, tag = load_embeddings(path)
+    return EmbeddingIndex.load_or_build(project.artifacts / INDEX_DIR, ids, vectors, tag)
+
+
+# ----------------------------------------------------------------------------- training rounds
+def ground_truth(project: Project) -> pd.DataFrame:
+    """Labels that count as truth for training and test metrics: consensus labels, else hidden oracle labels
+    for test images (image_id, label, split)."""
+    images = project.db.images()[["id", "split"]].rename(columns={"id": "image_id"})
+    labels = labeled_set(project.db)[["image_id", "label"]]
+    oracle = project.db.oracle_labels()
+    test_oracle = oracle[oracle["image_id"].isin(images.loc[images["split"] == "test", "image_id"])]
+    truth = pd.concat([labels, test_oracle[~test_oracle["image_id"].isin(labels["image_id"])]])
+    truth = truth[truth["label"].isin(project.classes)]
+    return truth.merge(images, on="image_id")
+
+
+def train(project: Project, *, mode: str | None = None, epochs: int | None = None, batch_size: int = 32,
+          device: str = "auto", seed: int = 0, in_child: bool = True, progress: bool = True,
+          n_bootstrap: int = 1000) -> dict[str, Any]:
+    """A training round: fit on the current labels, predict every image, score the test split."""
+    policy = project.round_policy
+    mode = mode or policy["mode"]
+    images = project.db.images()
+    truth = ground_truth(project)
+    train_rows = truth[truth["split"] == "pool"]
+    if train_rows["label"].nunique() < 2:
+        raise CxrAlError(f"a training round needs labels of at least two classes; have {len(train_rows)} labels "
+                         f"of {train_rows['label'].nunique()} class(es)")
+    test_rows = truth[truth["split"] == "test"]
+    all_ids = images["id"].to_numpy(dtype=np.int64)
+    pos = pd.Series(np.arange(len(all_ids)), index=all_ids)
+    class_pos = {c: i for i, c in enumerate(project.classes)}
+    pretrain_run = latest_round(project, "pretrain")
+    spec: dict[str, Any] = {
+        "task": "train", "mode": mode, "classes": project.classes, "positive_class": project.config["positive_class"],
+        "all_ids": all_ids.tolist(), "all_paths": images["path"].tolist(),
+        "train_pos": pos.loc[train_rows["image_id"]].tolist(), "train_y": [class_pos[c] for c in train_rows["label"]],
+        "test_pos": pos.loc[test_rows["image_id"]].tolist(), "test_y": [class_pos[c] for c in test_rows["label"]],
+        "checkpoint": pretrain_run["checkpoint"] if pretrain_run else None,
+        "backbone": project.config.get("backbone", "resnet18"), "init": "random",
+        "image_size": int(project.config["image_size"]), "epochs": int(epochs or policy["epochs"]),
+        "batch_size": batch_size, "device": device, "seed": seed, "progress": progress, "n_bootstrap": n_bootstrap,
+    }
+    if mode == "probe":
+        # embeds only images that have no embedding yet (none, usually)
+        embed(project, in_child=in_child, progress=progress, init=None if pretrain_run else "random")
+        vectors = embeddings_for(project, all_ids)
+        vec_path = project.artifacts / "train_vectors.npy"
+        np.save(vec_path, vectors)
+        spec["vectors"] = str(vec_path)
+    params = {"mode": mode, "n_train": len(train_rows), "n_test": len(test_rows), "epochs": spec["epochs"]}
+
+    def record(round_id: int, result: dict[str, Any]) -> None:
+        predictions = pd.read_parquet(result["predictions"])
+        metrics = {"mode": mode, **result["metrics"]}
+        project.db.finish_round(round_id, checkpoint=result.get("checkpoint"), metrics=metrics,
+                                predictions=predictions)
+
+    return _recorded(project, "train", params, spec, in_child, record)
+
+
+def labels_since_last_train(project: Project) -> int:
+    """Labeled images added since the last successful training round started."""
+    current = labeled_set(project.db, split="pool")
+    last = latest_round(project, "train")
+    if last is None:
+        return int(len(current))
+    return int((current["first_labeled_at"] > last["started_at"]).sum())
+
+
+def round_due(project: Project) -> bool:
+    """True when the round policy says a training round should start now."""
+    every = int(project.round_policy["train_every"])
+    if every <= 0:
+        return False
+    rounds = project.db.rounds("train")
+    if (rounds["status"] == "running").any():
+        return False
+    return labels_since_last_train(project) >= every
+
+
+def latest_predictions(project: Project) -> tuple[int | None, pd.DataFrame]:
+    """(round id, predictions with image_id, probs, pred, confidence) of the latest training round."""
+    last = latest_round(project, "train")
+    if last is None:
+        return None, pd.DataFrame(columns=["image_id", "probs", "pred", "confidence"])
+    preds = project.db.predictions(int(last["id"]))
+    probs = np.stack(preds["probs"].to_numpy()) if len(preds) else np.zeros((0, len(project.classes)))
+    preds["pred"] = [project.classes[i] for i in probs.argmax(axis=1)] if len(preds) else []
+    preds["confidence"] = probs.max(axis=1) if len(preds) else []
+    return int(last["id"]), preds
