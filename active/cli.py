@@ -145,6 +145,91 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from active.rounds import pretrain
+    from active.service import open_project
+
+    result = pretrain(open_project(args.project_dir), method=args.method, backbone=args.backbone, init=args.init,
+                      epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
+                      device=args.device, resume=args.resume, seed=args.seed, max_steps=args.max_steps)
+    losses = result["losses"]
+    print(f"pretrained {args.method} round {result['round_id']}: {len(losses)} epochs, final loss "
+          f"{losses[-1]:.4f}, {result['images_per_second']:.1f} images/s on {result['device']}; "
+          f"checkpoint {result['checkpoint']}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from active.rounds import embed
+    from active.service import open_project
+
+    result = embed(open_project(args.project_dir), checkpoint=args.checkpoint, init=args.init,
+                   batch_size=args.batch_size, device=args.device)
+    print(f"embedded {result.get('count', 0)} new images; index: {result.get('index', 'rebuilt')}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from active.rounds import round_due, train
+    from active.service import open_project
+
+    project = open_project(args.project_dir)
+    if args.if_due and not round_due(project):
+        print("no training round due")
+        return 0
+    result = train(project, mode=args.mode, epochs=args.epochs, device=args.device, seed=args.seed)
+    m = result["metrics"]
+    shown = ", ".join(f"{k} {m[k]:.3f}" for k in ("macro_auc", "accuracy", "balanced_accuracy", "macro_f1", "hm", "ece")
+                      if isinstance(m.get(k), int | float))
+    print(f"round {result['round_id']} ({args.mode or project.round_policy['mode']}, {m['n_train']} labels): "
+          f"{shown or 'no test split to score'}")
+    return 0
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from active.service import open_project, validate_annotator
+    from active.suggest import suggest
+
+    annotator = validate_annotator(args.annotator) if args.annotator else None
+    added = suggest(open_project(args.project_dir), args.n, strategy=args.strategy, annotator=annotator,
+                    seed=args.seed)
+    print(f"queued {len(added)} images" + (f" for {annotator}" if annotator else ""))
+    for row in added.itertuples(index=False):
+        print(f"  image {row.image_id}  {row.strategy}  score {row.score:.4f}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from active.simulate import simulate
+    from active.simulate import project_for_simulation
+
+    project = project_for_simulation(args.source, Path(args.out), checkpoint=args.checkpoint, init=args.init,
+                                     pretrain_epochs=args.pretrain_epochs, test_fraction=args.test_fraction,
+                                     image_size=args.image_size, seed=args.seed)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    with progress_bar("simulate", unit="fit") as (advance, _):
+        result = simulate(project, args.out, strategies=strategies, seeds=args.seeds, initial=args.initial,
+                          step=args.step, budget=args.budget, mode=args.mode, metric=args.metric,
+                          progress=lambda point: advance(1))
+    print(f"pool {result['pool']}, test {result['test']}; all-label {args.metric} "
+          f"{result['full_label'][args.metric]:.4f}; {result['seconds']:.0f} s")
+    import pandas as pd
+
+    summary = pd.DataFrame(result["summary"])
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(summary.to_string(index=False))
+    print(f"wrote {Path(args.out) / 'curves.csv'}, curves.png, summary.csv")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from active.demo import run_demo
+
+    run_demo(args.dir, n=args.n, seed=args.seed, epochs=args.epochs, serve=not args.no_serve, port=args.port,
+             host=args.host)
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -155,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
         return p
+
+    p = add("demo", cmd_demo, "The main job: demo project on phantom images, pretrained, embedded, then the app.")
+    p.add_argument("--dir", type=Path, default=Path("demo"), help="where the demo data and project go (./demo)")
+    p.add_argument("--n", type=int, default=240, help="number of phantom images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="SSL epochs (default 2 on a CPU, 30 on a GPU)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--no-serve", action="store_true", help="build the demo project but do not start the app")
 
     p = add("demo-data", cmd_demo_data, "Generate synthetic chest-radiograph phantoms with lesion masks.")
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
@@ -206,6 +300,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agreement", default=None, choices=["single", "agree", "disagree"])
     p.add_argument("--link", action="store_true", help="imagefolder: hard-link instead of copying")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export file")
+    p = add("pretrain", cmd_pretrain, "Self-supervised pretraining of a backbone on all project images.")
+    p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
+    p.add_argument("--method", default="simclr", choices=["simclr", "moco", "byol", "simsiam", "dino"])
+    p.add_argument("--backbone", default=None, choices=["resnet18", "resnet50", "densenet121"],
+                   help="default: the project's backbone")
+    p.add_argument("--init", default="random", help="random | imagenet (cached weights) | PATH to weights")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=None, help="default: the project's image size")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--resume", action="store_true", help="continue the last interrupted run")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("embed", cmd_embed, "Embed images not embedded yet and refresh the FAISS index.")
+    p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
+    p.add_argument("--checkpoint", default=None, help="backbone checkpoint (default: latest pretraining)")
+    p.add_argument("--init", default=None, help="without pretraining: random | imagenet | PATH")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    p = add("train", cmd_train, "Run a training round on the current labels and score the test split.")
+    p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
+    p.add_argument("--mode", default=None, choices=["probe", "finetune"], help="default: the round policy's")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--if-due", action="store_true", help="only when the round policy says a round is due")
+
+    p = add("suggest", cmd_suggest, "Fill the labeling queue with the most useful images.")
+    p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
+    p.add_argument("--n", type=int, default=None, help="how many (default: the round policy's batch size)")
+    p.add_argument("--strategy", default=None, help="query strategy (default: the round policy's, auto)")
+    p.add_argument("--annotator", default=None, help="queue for this annotator (default: for anyone)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("simulate", cmd_simulate, "Oracle simulation: label-efficiency curves of query strategies.")
+    p.add_argument("source", type=Path, metavar="IMAGES_DIR|PROJECT_DIR")
+    p.add_argument("--strategies", default="random,entropy,margin,coreset,typiclust,badge,hybrid")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--initial", type=int, default=20)
+    p.add_argument("--step", type=int, default=20)
+    p.add_argument("--budget", type=int, default=400)
+    p.add_argument("--mode", default="probe", choices=["probe", "finetune"])
+    p.add_argument("--metric", default="macro_auc", choices=["macro_auc", "accuracy", "balanced_accuracy",
+                                                            "macro_f1", "hm"])
+    p.add_argument("--out", required=True, type=Path, help="folder for curves.csv, curves.png, summary.csv")
+    p.add_argument("--checkpoint", default=None, help="IMAGES_DIR: backbone checkpoint for the embeddings")
+    p.add_argument("--init", default=None, help="IMAGES_DIR without pretraining: random | imagenet | PATH")
+    p.add_argument("--pretrain-epochs", type=int, default=5, help="IMAGES_DIR: SSL epochs when no checkpoint")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--image-size", type=int, default=128, help="IMAGES_DIR: model input size")
+    p.add_argument("--seed", type=int, default=0)
     return parser
 
 

@@ -1,0 +1,245 @@
+"""Oracle simulation: replay active learning with hidden ground truth and compare strategies.
+
+The test split is fixed before any selection; SSL embeddings are computed once and shared by every
+(strategy, seed) run; each run starts from the same seeded random initial set, fits a probe on
+the labels it has, scores the test split, asks its strategy for the next `step` images and
+"labels" them from the oracle, until the budget is spent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from store.errors import CxrAlError
+from store.project import Project
+
+CURVE_METRICS = ("macro_auc", "accuracy", "balanced_accuracy", "macro_f1", "hm")
+DEFAULT_STRATEGIES = ("random", "entropy", "margin", "coreset", "typiclust", "badge", "hybrid")
+THRESHOLDS = (0.90, 0.95, 0.98)
+
+
+@dataclass
+class SimulationData:
+    """Everything a run needs, as arrays: pool and test embeddings with their oracle labels."""
+
+    classes: list[str]
+    positive_class: str
+    pool_x: np.ndarray
+    pool_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    pool_ids: np.ndarray
+
+
+def load_simulation_data(project: Project) -> SimulationData:
+    """Pool and test embeddings of a project with hidden ground truth (ingested --as oracle)."""
+    from active.rounds import embeddings_for
+
+    images = project.db.images()
+    oracle = project.db.oracle_labels().merge(images[["id", "split"]], left_on="image_id", right_on="id")
+    oracle = oracle[oracle["label"].isin(project.classes)]
+    if oracle.empty:
+        raise CxrAlError("simulation needs hidden ground truth: ingest with --labels-from ... --as oracle")
+    pool = oracle[oracle["split"] == "pool"].sort_values("image_id")
+    test = oracle[oracle["split"] == "test"].sort_values("image_id")
+    if test.empty:
+        raise CxrAlError("simulation needs a test split: ingest with --test-fraction > 0")
+    index = {c: i for i, c in enumerate(project.classes)}
+    return SimulationData(
+        classes=project.classes, positive_class=project.config["positive_class"],
+        pool_x=embeddings_for(project, pool["image_id"].to_numpy(np.int64)),
+        pool_y=pool["label"].map(index).to_numpy(np.int64),
+        test_x=embeddings_for(project, test["image_id"].to_numpy(np.int64)),
+        test_y=test["label"].map(index).to_numpy(np.int64), pool_ids=pool["image_id"].to_numpy(np.int64))
+
+
+def _fit_predict(data: SimulationData, labeled: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probe on the labeled rows; returns (pool probs, test probs)."""
+    from models.probe import fit_probe
+
+    y = data.pool_y[labeled]
+    if len(np.unique(y)) < 2:  # one class seen so far: the model can only say the prior
+        n = len(data.classes)
+        prior = np.bincount(y, minlength=n) + 1.0
+        prior = prior / prior.sum()
+        return np.tile(prior, (len(data.pool_x), 1)), np.tile(prior, (len(data.test_x), 1))
+    probe = fit_probe(data.pool_x[labeled], y, n_classes=len(data.classes), seed=seed)
+    return probe.predict_proba(data.pool_x), probe.predict_proba(data.test_x)
+
+
+def _score(data: SimulationData, test_probs: np.ndarray) -> dict[str, float]:
+    from models.metrics import classification_metrics
+
+    m = classification_metrics(data.test_y, test_probs, data.classes, positive_class=data.positive_class,
+                               n_bootstrap=0)
+    return {k: (float(m[k]) if m.get(k) is not None else float("nan")) for k in CURVE_METRICS}
+
+
+def run_strategy(data: SimulationData, strategy: str, seed: int, initial: int, step: int, budget: int,
+                 on_point: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """One learning curve: points (labels used, metrics) from `initial` to `budget` labels."""
+    from active.strategies import QueryInputs, select
+
+    n_pool = len(data.pool_x)
+    budget = min(budget, n_pool)
+    rng = np.random.default_rng(seed)
+    labeled = np.zeros(n_pool, dtype=bool)
+    labeled[rng.choice(n_pool, size=min(initial, n_pool), replace=False)] = True
+    points = []
+    while True:
+        t0 = time.perf_counter()
+        pool_probs, test_probs = _fit_predict(data, labeled, seed)
+        point = {"strategy": strategy, "seed": seed, "labels": int(labeled.sum()), **_score(data, test_probs)}
+        point["fit_seconds"] = time.perf_counter() - t0
+        points.append(point)
+        if on_point:
+            on_point(point)
+        if labeled.sum() >= budget:
+            break
+        n_next = int(min(step, budget - labeled.sum()))
+        t0 = time.perf_counter()
+        ranked = select(strategy, QueryInputs(labeled=labeled, embeddings=data.pool_x, probs=pool_probs),
+                        n_next, seed=seed * 1000 + int(labeled.sum()))
+        point["select_seconds"] = time.perf_counter() - t0
+        if len(ranked.indices) == 0:
+            break
+        labeled[ranked.indices] = True
+    return points
+
+
+def summarise(curves: pd.DataFrame, full: dict[str, float], metric: str = "macro_auc") -> pd.DataFrame:
+    """Per strategy: labels needed to reach 90/95/98% of the full-label metric (mean over seeds), the
+    normalised area under the mean learning curve, and the labels needed relative to random."""
+    rows = []
+    mean = curves.groupby(["strategy", "labels"])[metric].mean().reset_index()
+    for strategy, g in mean.groupby("strategy", sort=False):
+        g = g.sort_values("labels")
+        x, y = g["labels"].to_numpy(float), g[metric].to_numpy(float)
+        row: dict[str, Any] = {"strategy": strategy, "final_labels": int(x[-1]), f"final_{metric}": float(y[-1])}
+        span = x[-1] - x[0]
+        row["aulc"] = float(np.trapezoid(y, x) / span) if span > 0 else float(y[0])
+        for t in THRESHOLDS:
+            reached = x[y >= t * full[metric]]
+            row[f"labels_to_{int(t * 100)}pct"] = int(reached[0]) if len(reached) else None
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if "random" in set(out["strategy"]):
+        rand = out.set_index("strategy").loc["random"]
+        for t in THRESHOLDS:
+            col = f"labels_to_{int(t * 100)}pct"
+            base = rand[col]
+            out[f"ratio_vs_random_{int(t * 100)}pct"] = [
+                (v / base) if (v is not None and not pd.isna(v) and base is not None and not pd.isna(base)) else None
+                for v in out[col]]
+    out["full_label_" + metric] = full[metric]
+    return out
+
+
+def plot_curves(curves: pd.DataFrame, full: dict[str, float], path: Path, metric: str = "macro_auc",
+                title: str = "") -> Path:
+    """Metric versus labels used: mean over seeds with a min-max band, and the full-label line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for strategy, g in curves.groupby("strategy", sort=False):
+        stats = g.groupby("labels")[metric].agg(["mean", "min", "max"])
+        style = {"color": "black", "linestyle": "--"} if strategy == "random" else {}
+        ax.plot(stats.index, stats["mean"], label=strategy, linewidth=1.6, **style)
+        ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.15, color=style.get("color"))
+    ax.axhline(full[metric], color="grey", linewidth=1, linestyle=":", label=f"all labels ({full[metric]:.3f})")
+    ax.set_xlabel("labels used")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(title or f"label efficiency ({metric})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def simulate(project: Project, out_dir: Path | str, *, strategies: Sequence[str] = DEFAULT_STRATEGIES,
+             seeds: int = 3, initial: int = 20, step: int = 20, budget: int = 400, mode: str = "probe",
+             metric: str = "macro_auc", progress: Callable[[dict[str, Any]], None] | None = None,
+             record: bool = True) -> dict[str, Any]:
+    """Run every (strategy, seed) learning curve; write curves.csv, curves.png and summary.csv to out_dir."""
+    from active.strategies import STRATEGIES
+
+    if mode != "probe":
+        raise CxrAlError("simulation supports --mode probe (fine-tuning hundreds of models per curve is a GPU job "
+                         "for a later release)")
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise CxrAlError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+    if initial < 1 or step < 1 or budget < initial:
+        raise CxrAlError("need --initial >= 1, --step >= 1 and --budget >= --initial")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_simulation_data(project)
+    started = time.perf_counter()
+    _, full_probs = _fit_predict(data, np.ones(len(data.pool_x), dtype=bool), seed=0)
+    full = _score(data, full_probs)
+    points = []
+    for seed in range(seeds):
+        for strategy in strategies:
+            points += run_strategy(data, strategy, seed, initial, step, budget, on_point=progress)
+    curves = pd.DataFrame(points)
+    curves.to_csv(out / "curves.csv", index=False)
+    summary = summarise(curves, full, metric)
+    summary.to_csv(out / "summary.csv", index=False)
+    plot_curves(curves, full, out / "curves.png", metric, title=f"{project.config.get('name')}: label efficiency")
+    result = {"out_dir": str(out.resolve()), "full_label": full, "pool": int(len(data.pool_x)),
+              "test": int(len(data.test_x)), "seconds": time.perf_counter() - started,
+              "summary": json.loads(summary.to_json(orient="records"))}
+    (out / "simulation.json").write_text(json.dumps(result, indent=2))
+    if record:
+        params = {"strategies": list(strategies), "seeds": seeds, "initial": initial, "step": step,
+                  "budget": budget, "mode": mode, "metric": metric}
+        round_id = project.db.start_round("simulate", params)
+        project.db.finish_round(round_id, checkpoint=None, metrics={
+            "curves": str((out / "curves.csv").resolve()), "summary": result["summary"], "full_label": full})
+    return result
+
+
+def project_for_simulation(source: Path | str, out_dir: Path, *, checkpoint: str | None = None,
+                           init: str | None = None, pretrain_epochs: int = 5, test_fraction: float = 0.2,
+                           image_size: int = 128, seed: int = 0, in_child: bool = True) -> Project:
+    """The project a simulation runs on: SOURCE itself when it is a project, else a project made in
+    OUT/project from an ImageFolder of labeled images (ground truth hidden as oracle labels),
+    pretrained and embedded once; a second run reuses it."""
+    from active.rounds import EMBEDDINGS_NAME, embed, latest_round, pretrain
+    from store.ingest import ingest_folder
+    from store.project import CONFIG_NAME, init_project, open_project
+
+    source = Path(source)
+    if (source / CONFIG_NAME).exists():
+        project = open_project(source)
+    else:
+        if not source.is_dir():
+            raise CxrAlError(f"{source}: neither a project nor a folder of images")
+        classes = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if len(classes) < 2:
+            raise CxrAlError(f"{source} needs one sub-folder per class (ImageFolder layout), found {classes}")
+        target = Path(out_dir) / "project"
+        if (target / CONFIG_NAME).exists():
+            project = open_project(target)
+        else:
+            project = init_project(target, classes, image_size=image_size, name=source.name)
+            ingest_folder(project.db, source, project.classes, labels_from="folders", labels_as="oracle",
+                          test_fraction=test_fraction, seed=seed)
+    if not (project.artifacts / EMBEDDINGS_NAME).exists():
+        if checkpoint is None and init is None and latest_round(project, "pretrain") is None:
+            pretrain(project, epochs=pretrain_epochs, seed=seed, in_child=in_child)
+        embed(project, checkpoint=checkpoint, init=init, in_child=in_child)
+    return project
