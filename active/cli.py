@@ -151,7 +151,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     result = pretrain(open_project(args.project_dir), method=args.method, backbone=args.backbone, init=args.init,
                       epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
-                      device=args.device, resume=args.resume, seed=args.seed, max_steps=args.max_steps)
+                      device=args.device, resume=args.resume, seed=args.seed, max_steps=args.max_steps,
+                      allow_download=args.download_weights)
     losses = result["losses"]
     print(f"pretrained {args.method} round {result['round_id']}: {len(losses)} epochs, final loss "
           f"{losses[-1]:.4f}, {result['images_per_second']:.1f} images/s on {result['device']}; "
@@ -164,7 +165,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from active.service import open_project
 
     result = embed(open_project(args.project_dir), checkpoint=args.checkpoint, init=args.init,
-                   batch_size=args.batch_size, device=args.device)
+                   batch_size=args.batch_size, device=args.device, allow_download=args.download_weights)
     print(f"embedded {result.get('count', 0)} new images; index: {result.get('index', 'rebuilt')}")
     return 0
 
@@ -312,12 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue the last interrupted run")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    p.add_argument("--download-weights", action="store_true", help="allow downloading ImageNet weights")
     p.add_argument("--seed", type=int, default=0)
 
     p = add("embed", cmd_embed, "Embed images not embedded yet and refresh the FAISS index.")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
     p.add_argument("--checkpoint", default=None, help="backbone checkpoint (default: latest pretraining)")
     p.add_argument("--init", default=None, help="without pretraining: random | imagenet | PATH")
+    p.add_argument("--download-weights", action="store_true", help="allow downloading ImageNet weights")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 

@@ -36,10 +36,11 @@ def _pretrain(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     result = pretrain(spec["paths"], out, method=spec["method"], backbone=spec["backbone"], init=spec["init"],
                       epochs=spec["epochs"], batch_size=spec["batch_size"], image_size=spec["image_size"],
                       device=spec["device"], resume=spec.get("resume", False), seed=spec.get("seed", 0),
-                      progress=spec.get("progress", True), max_steps=spec.get("max_steps"))
+                      progress=spec.get("progress", True), max_steps=spec.get("max_steps"),
+                      allow_download=spec.get("allow_download", False))
     return {"checkpoint": str(result.checkpoint), "losses": [float(x) for x in result.losses],
             "images_per_second": float(result.images_per_second), "device": str(result.device),
-            "seconds": float(result.seconds)}
+            "seconds": float(result.wall_seconds)}
 
 
 def _embed(spec: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def _embed(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     start = time.perf_counter()
     vectors = embed_paths(spec.get("checkpoint"), spec["paths"], backbone=spec["backbone"], init=spec["init"],
                           image_size=spec["image_size"], batch_size=spec["batch_size"], device=spec["device"],
-                          progress=spec.get("progress", True))
+                          progress=spec.get("progress", True), allow_download=spec.get("allow_download", False))
     seconds = time.perf_counter() - start
     np.save(out / "vectors.npy", vectors.astype(np.float32))
     return {"vectors": str(out / "vectors.npy"), "count": int(len(vectors)), "dim": int(vectors.shape[1]),

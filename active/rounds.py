@@ -53,7 +53,7 @@ def _recorded(project: Project, kind: str, params: dict[str, Any], spec: dict[st
 def pretrain(project: Project, *, method: str = "simclr", backbone: str | None = None, init: str = "random",
              epochs: int = 10, batch_size: int = 64, image_size: int | None = None, device: str = "auto",
              resume: bool = False, seed: int = 0, max_steps: int | None = None, in_child: bool = True,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, allow_download: bool = False) -> dict[str, Any]:
     """SSL-pretrain a backbone on every image of the project (labels are not used)."""
     images = project.db.images()
     if images.empty:
@@ -63,7 +63,7 @@ def pretrain(project: Project, *, method: str = "simclr", backbone: str | None =
     params = {"method": method, "backbone": backbone, "init": str(init), "epochs": epochs, "batch_size": batch_size,
               "image_size": image_size, "device": device, "seed": seed}
     spec = {"task": "pretrain", "paths": images["path"].tolist(), "resume": resume, "max_steps": max_steps,
-            "progress": progress, **params}
+            "progress": progress, "allow_download": allow_download, **params}
 
     def record(round_id: int, result: dict[str, Any]) -> None:
         metrics = {"final_loss": result["losses"][-1] if result["losses"] else None, "losses": result["losses"],
@@ -86,7 +86,8 @@ def _file_tag(path: str | None, fallback: str) -> str:
 
 
 def embed(project: Project, *, checkpoint: str | None = None, init: str | None = None, batch_size: int = 64,
-          device: str = "auto", in_child: bool = True, progress: bool = True) -> dict[str, Any]:
+          device: str = "auto", in_child: bool = True, progress: bool = True,
+          allow_download: bool = False) -> dict[str, Any]:
     """Embed every image not embedded yet with the latest SSL backbone (or `checkpoint`), then refresh the index.
 
     Without any pretraining run, `init` (random | imagenet | PATH) gives an un-pretrained backbone.
@@ -113,7 +114,7 @@ def embed(project: Project, *, checkpoint: str | None = None, init: str | None =
     params = {"checkpoint": checkpoint, "init": init, "tag": tag, "new": int(len(todo))}
     spec = {"task": "embed", "paths": todo["path"].tolist(), "checkpoint": checkpoint, "backbone": backbone,
             "init": init or "random", "image_size": None if checkpoint else int(project.config["image_size"]),
-            "batch_size": batch_size, "device": device, "progress": progress}
+            "batch_size": batch_size, "device": device, "progress": progress, "allow_download": allow_download}
 
     def record(round_id: int, result: dict[str, Any]) -> None:
         vectors = np.load(result["vectors"]) if len(todo) else np.zeros((0, 1), np.float32)

@@ -56,7 +56,34 @@ def status(project: Project) -> dict[str, Any]:
                           "classes": project.classes, "positive_class": project.config.get("positive_class"),
                           "round_policy": project.round_policy}
     summary["annotators"] = sorted(a for a in summary["labels_per_annotator"] if a != "import")
+    summary["pretraining"] = [
+        {"round_id": r["id"], "status": r["status"], "checkpoint": r["checkpoint"],
+         "final_loss": r["metrics"].get("final_loss"), "images_per_second": r["metrics"].get("images_per_second")}
+        for r in summary["rounds"] if r["kind"] == "pretrain"]
+    summary["embeddings"], summary["index"] = _embedding_status(project)
+    summary["round_due"] = bool(_round_due(project))
     return summary
+
+
+def _embedding_status(project: Project) -> tuple[int, dict[str, Any] | None]:
+    """Embeddings stored and the FAISS index as it was last written (type, size, dim, checkpoint)."""
+    import pyarrow.parquet as pq
+
+    from active.rounds import EMBEDDINGS_NAME, INDEX_DIR
+    from store.index import EmbeddingIndex
+
+    path = project.artifacts / EMBEDDINGS_NAME
+    count = int(pq.read_metadata(path).num_rows) if path.exists() else 0
+    meta = EmbeddingIndex.read_metadata(project.artifacts / INDEX_DIR)
+    index = None if meta is None else {"type": meta["kind"], "size": meta["count"], "dim": meta["dim"],
+                                       "checkpoint_tag": meta["checkpoint_tag"]}
+    return count, index
+
+
+def _round_due(project: Project) -> bool:
+    from active.rounds import round_due
+
+    return round_due(project)
 
 
 def record_label(project: Project, image_id: int, label: str, annotator: str, *,

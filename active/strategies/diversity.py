@@ -1,0 +1,156 @@
+"""Diversity strategies over embeddings: coreset (k-center greedy) and TypiClust.
+
+Both work without a trained model, so they fit a cold start. Neither ever builds an N x N matrix:
+coreset keeps one distance per candidate and updates it after each pick; TypiClust clusters with
+FAISS k-means (on a sample) and measures density only inside the few clusters it picks from.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from active.strategies.base import QueryInputs, Ranked, clip_budget, empty_ranked, require_embeddings
+from active.strategies.projection import pca_projection
+
+WORKING_DIM = 64  # principal components the geometry runs on (see projection.py)
+
+# TypiClust constants as in the authors' code (Hacohen et al. 2022, github.com/avihu111/TypiClust)
+MAX_CLUSTERS = 500
+MIN_CLUSTER_SIZE = 5
+TYPICALITY_NEIGHBORS = 20
+KMEANS_ITERATIONS = 10
+KMEANS_POINTS_PER_CENTROID = 40  # faiss subsamples k x this many rows to train k-means
+
+
+def k_center_greedy(points: np.ndarray, centers: np.ndarray, budget: int, *, seed: int = 0,
+                    first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy k-center (Sener & Savarese 2018): repeatedly pick the point farthest from every center and
+    every earlier pick. Returns (positions into points, distance of each pick to its nearest center or
+    earlier pick). Without centers the first pick is `first` (a seeded random point when None), scored
+    with its distance to the farthest point. Memory is O(len(points)); no pairwise matrix is formed."""
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    m = len(points)
+    budget = min(int(budget), m)
+    if budget <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+    sq_norms = np.einsum("ij,ij->i", points, points)
+    picks = np.empty(budget, dtype=np.int64)
+    scores = np.empty(budget, dtype=np.float64)
+    dot = np.empty(m, dtype=np.float32)
+    dist = np.empty(m, dtype=np.float32)
+
+    def distances_to(p: int) -> np.ndarray:
+        """Squared distances of every point to point p, written into `dist`."""
+        np.matmul(points, points[p], out=dot)
+        np.multiply(dot, -2.0, out=dist)
+        np.add(dist, sq_norms, out=dist)
+        np.add(dist, sq_norms[p], out=dist)
+        return np.maximum(dist, 0.0, out=dist)
+
+    if len(centers):
+        centers = np.ascontiguousarray(centers, dtype=np.float32)
+        index = faiss.IndexFlatL2(points.shape[1])
+        index.add(centers)
+        nearest, _ = index.search(points, 1)  # exact squared distance to the nearest labeled point
+        min_dist = np.maximum(nearest[:, 0], 0.0)
+        start = 0
+    else:
+        p = int(first) if first is not None else int(np.random.default_rng(seed).integers(m))
+        min_dist = distances_to(p).copy()
+        picks[0], scores[0] = p, float(np.sqrt(min_dist.max()))
+        min_dist[p] = -1.0
+        start = 1
+    for i in range(start, budget):
+        p = int(np.argmax(min_dist))
+        picks[i], scores[i] = p, float(np.sqrt(max(min_dist[p], 0.0)))
+        np.minimum(min_dist, distances_to(p), out=min_dist)
+        min_dist[picks[: i + 1]] = -1.0  # never again, even when every distance left is zero
+    return picks, scores
+
+
+def coreset(inputs: QueryInputs, budget: int, seed: int = 0, *, dim: int | None = WORKING_DIM) -> Ranked:
+    """Core-set selection: the unlabeled rows that best cover the embedding space given the labeled ones
+    (k-center greedy on `dim` principal components; score = distance to the nearest labeled or earlier pick)."""
+    embeddings = require_embeddings(inputs, "coreset")
+    budget = clip_budget(inputs, budget)
+    if budget == 0:
+        return empty_ranked()
+    x = pca_projection(embeddings, dim, seed)
+    rows = inputs.selectable
+    picks, scores = k_center_greedy(x[rows], x[inputs.labeled], budget, seed=seed)
+    return Ranked(rows[picks], scores)
+
+
+def typicality(points: np.ndarray, k: int = TYPICALITY_NEIGHBORS) -> np.ndarray:
+    """TypiClust typicality: 1 / (mean squared distance to the k nearest other points + 1e-5), with k capped
+    at half the points as in the paper; a lone point gets 0."""
+    n = len(points)
+    if n < 2:
+        return np.zeros(n, dtype=np.float64)
+    k = max(1, min(k, n // 2))
+    dist, _ = faiss.knn(np.ascontiguousarray(points, dtype=np.float32), np.ascontiguousarray(points, np.float32),
+                        k + 1)
+    mean = np.sort(dist, axis=1)[:, 1:].astype(np.float64).mean(axis=1)  # first column: the point itself
+    return 1.0 / (np.maximum(mean, 0.0) + 1e-5)
+
+
+def typiclust(inputs: QueryInputs, budget: int, seed: int = 0, *, dim: int | None = WORKING_DIM,
+              max_clusters: int = MAX_CLUSTERS, min_cluster_size: int = MIN_CLUSTER_SIZE,
+              neighbors: int = TYPICALITY_NEIGHBORS) -> Ranked:
+    """TypiClust (Hacohen et al. 2022), the cold-start default: k-means into n_labeled + budget clusters
+    (at most max_clusters), then from the largest clusters holding the fewest labeled images the most
+    typical unlabeled image (densest neighbourhood inside its cluster); score = its typicality."""
+    embeddings = require_embeddings(inputs, "typiclust")
+    budget = clip_budget(inputs, budget)
+    if budget == 0:
+        return empty_ranked()
+    x = pca_projection(embeddings, dim, seed)
+    n_labeled = int(inputs.labeled.sum())
+    k = max(1, min(n_labeled + budget, max_clusters, len(x)))
+    kmeans = faiss.Kmeans(x.shape[1], k, niter=KMEANS_ITERATIONS, seed=seed, min_points_per_centroid=1,
+                          max_points_per_centroid=KMEANS_POINTS_PER_CENTROID,
+                          init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS)
+    kmeans.train(x)
+    _, assignment = kmeans.index.search(x, 1)  # the index holds the final centroids after training
+    assignment = assignment[:, 0]
+    sizes = np.bincount(assignment, minlength=k)
+    labeled_counts = np.bincount(assignment[inputs.labeled], minlength=k)
+
+    rows = inputs.selectable  # unlabeled rows grouped by cluster, without a Python loop over the pool
+    by_cluster = rows[np.argsort(assignment[rows], kind="stable")]
+    bounds = np.searchsorted(assignment[by_cluster], np.arange(k + 1))
+    unlabeled_counts = np.diff(bounds)
+
+    # fewest labeled images first, then the largest clusters; too-small clusters only when nothing else is left
+    order = np.lexsort((np.arange(k), -sizes, labeled_counts))
+    order = order[unlabeled_counts[order] > 0]
+    big = sizes[order] > min_cluster_size
+    phases = [order[big], order[~big]]
+
+    ranked: dict[int, list[tuple[int, float]]] = {}  # cluster -> its unlabeled rows, most typical last
+
+    def most_typical_left(cluster: int) -> tuple[int, float] | None:
+        if cluster not in ranked:
+            members = by_cluster[bounds[cluster]:bounds[cluster + 1]]
+            score = typicality(x[members], neighbors)
+            best_last = np.lexsort((-members, score))
+            ranked[cluster] = [(int(members[j]), float(score[j])) for j in best_last]
+        return ranked[cluster].pop() if ranked[cluster] else None
+
+    picks: list[int] = []
+    scores: list[float] = []
+    for clusters in phases:
+        while len(picks) < budget:
+            took = False
+            for cluster in clusters:
+                if len(picks) == budget:
+                    break
+                pick = most_typical_left(int(cluster))
+                if pick is not None:
+                    picks.append(pick[0])
+                    scores.append(pick[1])
+                    took = True
+            if not took:
+                break
+    return Ranked(np.asarray(picks, dtype=np.int64), np.asarray(scores, dtype=np.float64))

@@ -1,0 +1,32 @@
+"""A low-dimensional working space for the geometry-heavy strategies (coreset, TypiClust).
+
+k-center greedy and k-means cost O(N x D) per step; projecting 512-d embeddings onto their top
+principal components first makes them several times cheaper at scale while keeping the large-scale
+geometry (cluster structure, far-apart points) those strategies rely on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+PCA_SAMPLE = 20_000  # rows the principal axes are fitted on; plenty for a few hundred dimensions
+_BLOCK = 65_536  # rows projected at a time, so the centred copy never holds the whole pool
+
+
+def pca_projection(vectors: np.ndarray, dim: int | None, seed: int = 0) -> np.ndarray:
+    """(N, min(dim, D)) float32 coordinates of vectors on their top principal axes (the vectors themselves
+    when dim is None or not smaller than D); the axes are fitted on a seeded sample of at most PCA_SAMPLE rows."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if dim is None or x.shape[1] <= dim or len(x) <= 2:
+        return x
+    rng = np.random.default_rng(seed)
+    sample = x if len(x) <= PCA_SAMPLE else x[np.sort(rng.choice(len(x), PCA_SAMPLE, replace=False))]
+    n_components = min(dim, len(sample) - 1)
+    pca = PCA(n_components=n_components, svd_solver="covariance_eigh", random_state=seed).fit(sample)
+    axes = np.ascontiguousarray(pca.components_.T, dtype=np.float32)
+    mean = pca.mean_.astype(np.float32)
+    out = np.empty((len(x), n_components), dtype=np.float32)
+    for start in range(0, len(x), _BLOCK):
+        np.matmul(x[start:start + _BLOCK] - mean, axes, out=out[start:start + _BLOCK])
+    return out

@@ -1,0 +1,114 @@
+"""Embeddings of images from a backbone: the unit vectors the FAISS index and diversity strategies use."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from models.backbones import GreyBackbone, build_backbone, load_checkpoint
+from models.data import GreyImageDataset
+from store.errors import CxrAlError
+
+DEFAULT_IMAGE_SIZE = 224
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; an explicit CUDA device without a GPU is a user error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise CxrAlError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CxrAlError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CxrAlError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) present")
+    elif dev.type != "cpu":
+        raise CxrAlError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def loader_workers(device: torch.device, num_workers: int | None = None) -> int:
+    """DataLoader worker processes: as asked, else some when a GPU waits for data, none on a small CPU box
+    (decoding in workers would only compete with the model for the same cores)."""
+    if num_workers is not None:
+        return max(0, int(num_workers))
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, max(0, cores - 1))
+    return min(4, max(0, cores // 2 - 1))
+
+
+@contextlib.contextmanager
+def _deterministic_cudnn(device: torch.device) -> Iterator[None]:
+    """Fixed cuDNN algorithms while embedding, so the same images give the same vectors on a GPU too."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+def embed_images(model: GreyBackbone, paths: Sequence[str | Path], *, image_size: int = DEFAULT_IMAGE_SIZE,
+                 batch_size: int = 64, device: str | torch.device = "auto", progress: bool = True,
+                 num_workers: int | None = None) -> np.ndarray:
+    """Embed image files with an already-loaded backbone: L2-normalised float32 (N, D), in `paths` order."""
+    dev = resolve_device(device)
+    dim = int(model.feature_dim)
+    if len(paths) == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    if batch_size < 1:
+        raise CxrAlError(f"batch size must be >= 1, got {batch_size}")
+    workers = loader_workers(dev, num_workers)
+    loader = DataLoader(GreyImageDataset(paths, image_size), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, pin_memory=dev.type == "cuda")
+    channels_last = dev.type == "cuda"
+    was_training = model.training
+    model = model.to(dev, memory_format=torch.channels_last) if channels_last else model.to(dev)
+    model.eval()
+    out = np.empty((len(paths), dim), dtype=np.float32)
+    row = 0
+    try:
+        with torch.inference_mode(), _deterministic_cudnn(dev), torch.autocast(
+                device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            for x, _ in tqdm(loader, desc="embed", unit="batch", disable=not progress):
+                x = x.to(dev, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                features = torch.nn.functional.normalize(model(x).float(), dim=1)
+                out[row:row + len(features)] = features.cpu().numpy()
+                row += len(features)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def embed_paths(checkpoint: Path | str | None, paths: Sequence[str | Path], *, backbone: str = "resnet18",
+                init: str | Path = "random", image_size: int | None = None, batch_size: int = 64,
+                device: str = "auto", progress: bool = True, num_workers: int | None = None,
+                allow_download: bool = False, seed: int = 0) -> np.ndarray:
+    """Embed image files with a CXR-AL checkpoint (its own backbone and image size) or, without one,
+    a fresh `backbone` built from `init` (random weights drawn from `seed`): L2-normalised float32 (N, D)."""
+    if checkpoint is not None:
+        model, payload = load_checkpoint(checkpoint)  # the checkpoint names its backbone
+        size = image_size or int(payload.get("image_size") or DEFAULT_IMAGE_SIZE)
+    else:
+        with torch.random.fork_rng(devices=[]):  # a random-init baseline is the same every call
+            torch.manual_seed(seed)
+            model = build_backbone(backbone, init, allow_download=allow_download)
+        size = image_size or DEFAULT_IMAGE_SIZE
+    return embed_images(model, paths, image_size=size, batch_size=batch_size, device=device,
+                        progress=progress, num_workers=num_workers)

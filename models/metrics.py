@@ -1,0 +1,179 @@
+"""Clinical classification metrics of a round: accuracy, AUC, sensitivity/specificity, HM, ECE and bootstrap CIs.
+
+Every metric comes from scikit-learn except two it does not have: the harmonic mean of
+sensitivity and specificity (a one-line formula on sklearn's recalls) and the expected
+calibration error. The result is plain floats, lists and dicts, ready for json.dumps.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import sklearn
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+                             recall_score, roc_auc_score)
+
+ECE_BINS = 15
+CI_METRICS = ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "hm")
+
+
+def default_positive_class(classes: Sequence[str]) -> str:
+    """The class whose sensitivity/specificity the HM reports: COVID-19 when present, else the first non-Normal class."""
+    if "COVID-19" in classes:
+        return "COVID-19"
+    for name in classes:
+        if name != "Normal":
+            return name
+    return classes[0]
+
+
+def harmonic_mean_se_sp(sensitivity: float | None, specificity: float | None) -> float | None:
+    """HM = 2·Se·Sp/(Se+Sp): high only when both are high (the COVID-CXR papers' headline number)."""
+    if sensitivity is None or specificity is None:
+        return None
+    if sensitivity + specificity == 0:
+        return 0.0
+    return 2.0 * sensitivity * specificity / (sensitivity + specificity)
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Top-label ECE over equal-width confidence bins (Guo et al. 2017).
+
+    Written here because scikit-learn has no ECE, and its calibration_curve is binary-only
+    (it bins one class's probability, not the top-label confidence of a multi-class model).
+    """
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    # bins (lo, hi]: confidence 1.0 falls in the last bin, and confidence never reaches 0
+    bins = np.clip(np.digitize(conf, np.linspace(0.0, 1.0, n_bins + 1), right=True) - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in np.unique(bins):
+        sel = bins == b
+        ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(ece)
+
+
+def _class_auc(is_pos: np.ndarray, score: np.ndarray) -> float | None:
+    """One-vs-rest ROC AUC of one class, None when it or its complement is absent."""
+    if is_pos.all() or not is_pos.any():
+        return None
+    return float(roc_auc_score(is_pos, score))
+
+
+def _se_sp(is_pos: np.ndarray, pred_pos: np.ndarray) -> tuple[float | None, float | None]:
+    """(sensitivity, specificity) of one class vs the rest: recall of the positives and of the negatives."""
+    if is_pos.all() or not is_pos.any():  # one side missing: only the other recall is defined
+        value = float(recall_score(is_pos, pred_pos, pos_label=bool(is_pos[0])))
+        return (value, None) if is_pos[0] else (None, value)
+    sp, se = recall_score(is_pos, pred_pos, labels=[False, True], average=None)
+    return float(se), float(sp)
+
+
+def _summary_metrics(y: np.ndarray, probs: np.ndarray, pos: int) -> dict[str, float | None]:
+    """The metrics that get confidence intervals, on one (re)sample."""
+    pred = probs.argmax(axis=1)
+    present = np.unique(y)
+    macro_auc = None
+    if present.size >= 2:  # one-vs-rest AUC of each present class in one call, then their mean
+        onehot = (y[:, None] == present[None, :]).astype(np.int8)
+        macro_auc = float(np.mean(roc_auc_score(onehot, probs[:, present], average=None)))
+    se, sp = _se_sp(y == pos, pred == pos)
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "macro_auc": macro_auc,
+        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+        "hm": harmonic_mean_se_sp(se, sp),
+    }
+
+
+def _stratified_resample(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap indices drawn with replacement within each class, so every present class stays present."""
+    parts = []
+    for k in np.unique(y):
+        idx = np.flatnonzero(y == k)
+        parts.append(rng.choice(idx, size=idx.size, replace=True))
+    return np.concatenate(parts)
+
+
+def bootstrap_ci(y: np.ndarray, probs: np.ndarray, pos: int, n_bootstrap: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, list[float] | None]:
+    """Percentile bootstrap CIs (stratified by class, seeded) of the summary metrics; ~10 ms a resample."""
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {m: [] for m in CI_METRICS}
+    for _ in range(n_bootstrap):
+        idx = _stratified_resample(y, rng)
+        for name, value in _summary_metrics(y[idx], probs[idx], pos).items():
+            if value is not None:  # e.g. AUC undefined in this resample: skip it, not zero it
+                samples[name].append(value)
+    alpha = (1.0 - level) / 2.0
+    return {name: ([float(np.quantile(v, alpha)), float(np.quantile(v, 1.0 - alpha))] if v else None)
+            for name, v in samples.items()}
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
+                           positive_class: str | None = None, n_bootstrap: int = 1000,
+                           seed: int = 0) -> dict:
+    """All metrics a round reports, as a JSON-serialisable dict (None where a metric is undefined)."""
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    probs = np.asarray(probs, dtype=np.float64)
+    classes = [str(c) for c in classes]
+    n_classes = len(classes)
+    if probs.ndim != 2 or probs.shape != (y.size, n_classes):
+        raise ValueError(f"probs must be (N, {n_classes}) for {y.size} labels, got {probs.shape}")
+    if y.size == 0:
+        raise ValueError("no labelled examples to evaluate")
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"labels must be class indices in [0, {n_classes})")
+    positive_class = positive_class or default_positive_class(classes)
+    if positive_class not in classes:
+        raise ValueError(f"positive class {positive_class!r} is not one of {classes}")
+    pos = classes.index(positive_class)
+    pred = probs.argmax(axis=1)
+    labels = list(range(n_classes))
+
+    # skip sklearn's argument validation in the hot bootstrap loop; inputs are checked above
+    with sklearn.config_context(skip_parameter_validation=True, assume_finite=True), warnings.catch_warnings():
+        # balanced accuracy warns when a prediction names a class absent from y_true: expected here
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        summary = _summary_metrics(y, probs, pos)
+        sens = recall_score(y, pred, labels=labels, average=None, zero_division=0)
+        f1 = f1_score(y, pred, labels=labels, average=None, zero_division=0)
+        per_class = {}
+        for k, name in enumerate(classes):
+            support = int((y == k).sum())
+            per_class[name] = {
+                "auc": _class_auc(y == k, probs[:, k]),
+                "sensitivity": float(sens[k]) if support else None,
+                "specificity": _se_sp(y == k, pred == k)[1],
+                "f1": float(f1[k]) if support else None,
+                "support": support,
+            }
+        ci = bootstrap_ci(y, probs, pos, n_bootstrap, seed) if n_bootstrap > 0 else {}
+    out = {
+        **summary,
+        "n": int(y.size),
+        "classes": classes,
+        "positive_class": positive_class,
+        "per_class": per_class,
+        "ece": expected_calibration_error(y, probs),
+        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+        "ci": ci,
+    }
+    return _json_clean(out)
+
+
+def _json_clean(obj):
+    """NaN/inf -> None and NumPy scalars -> Python, so json.dumps never fails or writes NaN."""
+    if isinstance(obj, dict):
+        return {k: _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,93 @@
+"""Linear probe: multinomial logistic regression on frozen SSL embeddings, the cheap per-round model.
+
+Fits in seconds on a CPU, so a round can refresh predictions after every few labels. The
+probe always answers over the project's full class list, also while some classes have no
+label yet, and turns into a torch head so Grad-CAM++ can explain probe rounds too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import normalize
+from torch import nn
+from torch.nn import functional as F
+
+# logit margin below every reachable seen-class logit given to classes without labels
+UNSEEN_LOGIT_MARGIN = 30.0
+
+
+class ProbeHead(nn.Module):
+    """Backbone features -> logits: L2-normalise, then a Linear layer holding the probe's coefficients."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray):
+        super().__init__()
+        self.linear = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.normalize(features, dim=1))
+
+
+@dataclass
+class ProbeModel:
+    """A fitted probe over n_classes; `lr` is None when only one class had labels."""
+
+    n_classes: int
+    feature_dim: int
+    seen: np.ndarray  # class indices that had labels, ascending (= lr.classes_)
+    lr: LogisticRegression | None
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """(N, n_classes) probabilities, rows summing to 1; classes never labelled get 0."""
+        x = normalize(np.asarray(x, dtype=np.float64))
+        out = np.zeros((x.shape[0], self.n_classes), dtype=np.float64)
+        if self.lr is None:
+            out[:, self.seen[0]] = 1.0
+        else:
+            out[:, self.seen] = self.lr.predict_proba(x)
+        return out.astype(np.float32)
+
+    def logit_parameters(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight (C, D), bias (C,)) whose softmax over L2-normalised features equals predict_proba."""
+        if self.lr is None:
+            w_seen, b_seen = np.zeros((1, self.feature_dim)), np.zeros(1)
+        else:
+            w_seen, b_seen = self.lr.coef_, self.lr.intercept_
+            if len(self.seen) == 2:  # binary LR: p(second) = sigmoid(w.x + b) = softmax([0, w.x + b])
+                w_seen = np.vstack([np.zeros_like(w_seen), w_seen])
+                b_seen = np.concatenate([[0.0], b_seen])
+        weight = np.zeros((self.n_classes, self.feature_dim))
+        weight[self.seen] = w_seen
+        # |w.x| <= ||w|| for unit x, so this bias keeps unseen classes MARGIN below any seen logit
+        floor = float(np.min(b_seen - np.linalg.norm(w_seen, axis=1)))
+        bias = np.full(self.n_classes, floor - UNSEEN_LOGIT_MARGIN)
+        bias[self.seen] = b_seen
+        return weight, bias
+
+    def to_torch_head(self) -> nn.Module:
+        """An nn.Module mapping backbone features (B, D) to logits (B, n_classes), e.g. for Grad-CAM++."""
+        return ProbeHead(*self.logit_parameters())
+
+
+def fit_probe(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, C: float = 1.0,
+              class_weight: str | dict | None = "balanced", seed: int = 0) -> ProbeModel:
+    """Fit multinomial logistic regression (lbfgs) on L2-normalised embeddings of the labelled images."""
+    x = normalize(np.asarray(train_x, dtype=np.float64))
+    y = np.asarray(train_y, dtype=np.int64).ravel()
+    if x.shape[0] != y.size or x.shape[0] == 0:
+        raise ValueError(f"need as many labels as embeddings (and at least one): {x.shape[0]} vs {y.size}")
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"labels must be class indices in [0, {n_classes})")
+    seen = np.unique(y)
+    if seen.size == 1:  # LogisticRegression needs two classes; one label class predicts itself
+        return ProbeModel(n_classes, x.shape[1], seen, None)
+    # lbfgs with more than two classes is the multinomial (softmax) model in scikit-learn >= 1.5
+    lr = LogisticRegression(C=C, class_weight=class_weight, solver="lbfgs", max_iter=5000, random_state=seed)
+    lr.fit(x, y)
+    return ProbeModel(n_classes, x.shape[1], seen, lr)

@@ -1,0 +1,129 @@
+"""The active-learning loop on phantoms: pretrain -> embed -> suggest -> label -> train -> suggest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from active.rounds import embed, latest_round, pretrain, round_due, train
+from active.service import record_label, status
+from active.suggest import suggest
+from store.errors import CxrAlError
+
+
+def _oracle(project) -> dict[int, str]:
+    frame = project.db.oracle_labels()
+    return dict(zip(frame["image_id"].astype(int), frame["label"], strict=True))
+
+
+@pytest.fixture(scope="module")
+def looped(tmp_path_factory):
+    """One phantom project taken through pretraining (in a child process, as the CLI does) and embedding."""
+    from store.ingest import ingest_folder
+    from store.phantoms import PHANTOM_CLASSES, write_phantom_dataset
+    from store.project import init_project
+
+    root = tmp_path_factory.mktemp("loop")
+    data = write_phantom_dataset(root / "data", n=48, seed=5, size=64)
+    project = init_project(root / "project", list(PHANTOM_CLASSES), image_size=64)
+    ingest_folder(project.db, data / "images", project.classes, labels_from="folders", test_fraction=0.25, seed=0)
+    pretrain(project, method="simclr", epochs=1, batch_size=16, max_steps=2, in_child=True, progress=False)
+    embed(project, in_child=False, progress=False)
+    return project
+
+
+def test_pretrain_and_embed_are_recorded(looped) -> None:
+    info = status(looped)
+    assert info["embeddings"] == 48
+    assert info["index"]["size"] == 48 and info["index"]["type"]
+    run = latest_round(looped, "pretrain")
+    assert run["status"] == "done" and run["checkpoint"].endswith(".pt")
+    assert np.isfinite(run["metrics"]["final_loss"])
+    assert embed(looped, in_child=False, progress=False)["count"] == 0  # nothing new to embed
+
+
+def test_suggest_label_train_suggest(looped) -> None:
+    oracle = _oracle(looped)
+    test_ids = set(looped.db.images("test")["id"])
+    first = suggest(looped, 8, strategy="auto", annotator="alice")
+    second = suggest(looped, 8, strategy="auto", annotator="bob")
+    assert len(first) == 8 and len(second) == 8
+    assert not set(first["image_id"]) & set(second["image_id"])  # disjoint batches
+    assert not (set(first["image_id"]) | set(second["image_id"])) & test_ids  # test split never queued
+    assert status(looped)["queue"] == 16
+    for image_id in list(first["image_id"]) + list(second["image_id"]):
+        record_label(looped, int(image_id), oracle[int(image_id)], "alice" if image_id in set(first["image_id"])
+                     else "bob", seconds_spent=1.0)
+    assert status(looped)["queue"] == 0
+
+    result = train(looped, mode="probe", in_child=False, progress=False, n_bootstrap=50)
+    metrics = latest_round(looped, "train")["metrics"]
+    for key in ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "hm", "ece"):
+        assert key in metrics
+    assert metrics["n_train"] == 16
+    preds = looped.db.predictions(result["round_id"])
+    assert len(preds) == 48 and np.allclose([sum(p) for p in preds["probs"]], 1.0, atol=1e-4)
+
+    after = suggest(looped, 4, strategy="auto", annotator="alice")
+    assert len(after) == 4 and set(after["model_round"]) == {result["round_id"]}
+    assert not set(after["image_id"]) & (set(first["image_id"]) | set(second["image_id"]))
+
+
+def test_failed_round_is_recorded_and_next_round_retries(looped, monkeypatch) -> None:
+    labels_before = len(looped.db.current_labels())
+    import active.jobs as jobs
+
+    def broken(spec, out):
+        raise RuntimeError("simulated crash in the middle of training")
+
+    monkeypatch.setitem(jobs.TASKS, "train", broken)
+    oracle = _oracle(looped)
+    pool = looped.db.images("pool")["id"].astype(int).tolist()
+    for image_id in pool[:4]:
+        record_label(looped, image_id, oracle[image_id], "carol")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(looped, mode="probe", in_child=False, progress=False)
+    rounds = looped.db.rounds("train")
+    assert rounds.iloc[-1]["status"] == "failed" and "simulated crash" in rounds.iloc[-1]["error"]
+    assert len(looped.db.current_labels()) == labels_before + 4
+    monkeypatch.undo()
+    train(looped, mode="probe", in_child=False, progress=False, n_bootstrap=20)
+    assert looped.db.rounds("train").iloc[-1]["status"] == "done"
+
+
+def test_round_policy_fires_after_n_new_labels(looped) -> None:
+    looped.config["round_policy"] = {**looped.round_policy, "train_every": 3}
+    oracle = _oracle(looped)
+    labeled = set(looped.db.current_labels()["image_id"])
+    fresh = [i for i in looped.db.images("pool")["id"].astype(int) if i not in labeled]
+    assert not round_due(looped)
+    for image_id in fresh[:2]:
+        record_label(looped, image_id, oracle[image_id], "dave")
+    assert not round_due(looped)
+    record_label(looped, fresh[2], oracle[fresh[2]], "dave")
+    assert round_due(looped)
+    train(looped, mode="probe", in_child=False, progress=False, n_bootstrap=20)
+    assert not round_due(looped)
+
+
+def test_double_reading_sends_labeled_images_to_a_second_reader(looped) -> None:
+    alice_only = looped.db.current_labels()
+    alice_only = set(alice_only.loc[alice_only["annotator"] == "alice", "image_id"])
+    queued = suggest(looped, 4, strategy="random", annotator="erin", double_read_fraction=0.5)
+    doubles = queued[queued["strategy"] == "double-read"]
+    assert len(doubles) == 2 and set(doubles["image_id"]) <= alice_only | set(
+        looped.db.current_labels()["image_id"])
+
+
+def test_training_needs_two_classes(tmp_path) -> None:
+    from store.phantoms import write_phantom_dataset
+    from store.ingest import ingest_folder
+    from store.project import init_project
+
+    data = write_phantom_dataset(tmp_path / "d", n=8, size=32)
+    project = init_project(tmp_path / "p", ["Normal", "Consolidation", "GroundGlass", "Interstitial"], image_size=32)
+    ingest_folder(project.db, data / "images", project.classes)
+    record_label(project, 1, "Normal", "alice")
+    with pytest.raises(CxrAlError, match="two classes"):
+        train(project, mode="probe", in_child=False)
+    assert project.db.rounds().empty  # refused before a round was opened
