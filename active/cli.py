@@ -201,8 +201,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from active.simulate import simulate
-    from active.simulate import project_for_simulation
+    from active.simulate import project_for_simulation, simulate
 
     project = project_for_simulation(args.source, Path(args.out), checkpoint=args.checkpoint, init=args.init,
                                      pretrain_epochs=args.pretrain_epochs, test_fraction=args.test_fraction,

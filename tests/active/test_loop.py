@@ -116,8 +116,8 @@ def test_double_reading_sends_labeled_images_to_a_second_reader(looped) -> None:
 
 
 def test_training_needs_two_classes(tmp_path) -> None:
-    from store.phantoms import write_phantom_dataset
     from store.ingest import ingest_folder
+    from store.phantoms import write_phantom_dataset
     from store.project import init_project
 
     data = write_phantom_dataset(tmp_path / "d", n=8, size=32)
