@@ -230,6 +230,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from active.service import explain, open_project
+
+    project = open_project(args.project_dir)
+    (result,) = explain(project, [args.image_id], class_name=args.class_name, round_id=args.round)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise CxrAlError(f"folder {out.parent} does not exist")
+    out.write_bytes(result["overlay_png"])
+    probs = ", ".join(f"{c} {p:.3f}" for c, p in result["probs"].items())
+    print(f"Grad-CAM++ for image {args.image_id}, class {result['class']} ({probs}): wrote {out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -337,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default=None, help="query strategy (default: the round policy's, auto)")
     p.add_argument("--annotator", default=None, help="queue for this annotator (default: for anyone)")
     p.add_argument("--seed", type=int, default=0)
+
+    p = add("explain", cmd_explain, "Grad-CAM++ heatmap of the latest model for one image, as an overlay PNG.")
+    p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
+    p.add_argument("image_id", type=int, metavar="IMAGE_ID")
+    p.add_argument("--class", dest="class_name", default=None, help="class to explain (default: the predicted one)")
+    p.add_argument("--round", type=int, default=None, help="training round (default: the latest)")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE.png")
 
     p = add("simulate", cmd_simulate, "Oracle simulation: label-efficiency curves of query strategies.")
     p.add_argument("source", type=Path, metavar="IMAGES_DIR|PROJECT_DIR")

@@ -15,7 +15,7 @@ from store.ingest import IngestReport, ingest_folder
 from store.project import Project, init_project, open_project
 
 __all__ = ["Project", "create_project", "open_project", "ingest", "status", "record_label", "undo_label",
-           "export", "export_frame", "validate_annotator"]
+           "export", "export_frame", "validate_annotator", "explain", "neighbors"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 RESERVED_NAMES = {"import", "oracle", "system"}
@@ -119,3 +119,50 @@ def export(project: Project, out: Path | str, fmt: str, *, split: str = "all", c
     path = write_export(frame, out, fmt, link=link, overwrite=overwrite)
     project.db.log_event("export", actor, out=str(path), format=fmt, rows=len(frame), split=split)
     return path, len(frame)
+
+
+def explain(project: Project, image_ids: list[int], *, class_name: str | None = None,
+            round_id: int | None = None) -> list[dict[str, Any]]:
+    """Grad-CAM++ of the latest (or a given) training round's model for some images: for each, the
+    heatmap (S x S in [0, 1]), an overlay PNG at the image's resolution, the explained class and the probabilities."""
+    from active.rounds import latest_round
+    from models.gradcam import explain_batch, overlay_png
+    from models.round_model import load_round_model
+    from store.images import read_grey
+
+    if round_id is None:
+        last = latest_round(project, "train")
+        if last is None:
+            raise CxrAlError("no trained model yet: run a training round (`cxr-al train`) first")
+        checkpoint = last["checkpoint"]
+    else:
+        rounds = project.db.rounds("train")
+        match = rounds[(rounds["id"] == round_id) & (rounds["status"] == "done")]
+        if match.empty:
+            raise CxrAlError(f"no finished training round {round_id}")
+        checkpoint = match.iloc[0]["checkpoint"]
+    if not checkpoint:
+        raise CxrAlError("that round kept no model checkpoint (a probe without a pretrained backbone)")
+    model, meta = load_round_model(checkpoint)
+    paths = [project.db.image(int(i))["path"] for i in image_ids]
+    targets = None if class_name is None else [project.class_index(class_name)] * len(paths)
+    result = explain_batch(model, paths, targets, image_size=int(meta.get("image_size", project.config["image_size"])))
+    out = []
+    for i, path in enumerate(paths):
+        grey = read_grey(path)
+        out.append({"image_id": int(image_ids[i]), "heatmap": result.heatmaps[i],
+                    "class": project.classes[int(result.class_indices[i])],
+                    "probs": {c: float(p) for c, p in zip(project.classes, result.probs[i], strict=True)},
+                    "overlay_png": overlay_png(grey, result.heatmaps[i])})
+    return out
+
+
+def neighbors(project: Project, image_id: int, k: int = 6) -> pd.DataFrame:
+    """The k most similar images in the embedding index, with their current (consensus) labels if any."""
+    from active.rounds import load_index
+
+    index = load_index(project)
+    ids, scores = index.neighbors(int(image_id), k)
+    labels = export_frame(project)[["image_id", "label"]]
+    frame = pd.DataFrame({"image_id": ids.astype(int), "similarity": scores.astype(float)})
+    return frame.merge(labels, on="image_id", how="left")

@@ -127,3 +127,20 @@ def test_training_needs_two_classes(tmp_path) -> None:
     with pytest.raises(CxrAlError, match="two classes"):
         train(project, mode="probe", in_child=False)
     assert project.db.rounds().empty  # refused before a round was opened
+
+
+def test_explain_probe_round_and_neighbors(looped, tmp_path) -> None:
+    from active.service import explain, neighbors
+
+    if latest_round(looped, "train") is None:
+        oracle = _oracle(looped)
+        for image_id in looped.db.images("pool")["id"].astype(int)[:8]:
+            record_label(looped, image_id, oracle[image_id], "frank")
+        train(looped, mode="probe", in_child=False, progress=False, n_bootstrap=10)
+    (result,) = explain(looped, [1], class_name="Consolidation")
+    assert result["heatmap"].shape == (64, 64) and 0 <= result["heatmap"].min() <= result["heatmap"].max() <= 1
+    assert result["class"] == "Consolidation" and abs(sum(result["probs"].values()) - 1) < 1e-4
+    assert result["overlay_png"][:8] == b"\x89PNG\r\n\x1a\n"
+    near = neighbors(looped, 1, k=5)
+    assert len(near) == 5 and 1 not in set(near["image_id"])
+    assert near["similarity"].is_monotonic_decreasing
