@@ -136,7 +136,7 @@ def run_in_child(spec: dict[str, Any]) -> dict[str, Any]:
     spec_path = out / "spec.json"
     spec_path.write_text(json.dumps(spec, default=str))
     repo_root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "active.jobs", str(spec_path)], env=env)
     if proc.returncode != 0 or not (out / RESULT_NAME).exists():
         detail = (out / ERROR_NAME).read_text() if (out / ERROR_NAME).exists() else f"exit status {proc.returncode}"

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from models.backbones import GreyBackbone, build_backbone, load_checkpoint
-from models.data import GreyImageDataset
+from models.data import GreyImageDataset, to_tensor
 from store.errors import CxrAlError
 
 DEFAULT_IMAGE_SIZE = 224
@@ -48,6 +49,29 @@ def loader_workers(device: torch.device, num_workers: int | None = None) -> int:
     return min(4, max(0, cores // 2 - 1))
 
 
+class ReadErrorsAsValues(GreyImageDataset):
+    """GreyImageDataset whose items are (image or views, read-error message or ""): an unreadable file
+    travels back from a loader worker as a value, so the caller raises a clean CxrAlError naming it
+    (a worker's own exception would arrive wrapped in a traceback, and leave the worker to be
+    killed after a 5-second timeout)."""
+
+    def __getitem__(self, index: int):
+        try:
+            x, _ = super().__getitem__(index)
+            return x, ""
+        except CxrAlError as exc:
+            blank = Image.new("L", (self.image_size, self.image_size))
+            placeholder = self.transform(blank) if self.transform is not None else to_tensor(blank)
+            return placeholder, str(exc) or f"{self.paths[index]}: unreadable image"
+
+
+def raise_read_errors(errors: Sequence[str]) -> None:
+    """Raise the first read error of a batch from ReadErrorsAsValues, if any."""
+    for message in errors:
+        if message:
+            raise CxrAlError(message)
+
+
 @contextlib.contextmanager
 def _deterministic_cudnn(device: torch.device) -> Iterator[None]:
     """Fixed cuDNN algorithms while embedding, so the same images give the same vectors on a GPU too."""
@@ -65,7 +89,8 @@ def _deterministic_cudnn(device: torch.device) -> Iterator[None]:
 def embed_images(model: GreyBackbone, paths: Sequence[str | Path], *, image_size: int = DEFAULT_IMAGE_SIZE,
                  batch_size: int = 64, device: str | torch.device = "auto", progress: bool = True,
                  num_workers: int | None = None) -> np.ndarray:
-    """Embed image files with an already-loaded backbone: L2-normalised float32 (N, D), in `paths` order."""
+    """Embed image files with an already-loaded backbone (moved to the device): L2-normalised float32
+    (N, D), in `paths` order."""
     dev = resolve_device(device)
     dim = int(model.feature_dim)
     if len(paths) == 0:
@@ -73,7 +98,7 @@ def embed_images(model: GreyBackbone, paths: Sequence[str | Path], *, image_size
     if batch_size < 1:
         raise CxrAlError(f"batch size must be >= 1, got {batch_size}")
     workers = loader_workers(dev, num_workers)
-    loader = DataLoader(GreyImageDataset(paths, image_size), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(ReadErrorsAsValues(paths, image_size), batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=dev.type == "cuda")
     channels_last = dev.type == "cuda"
     was_training = model.training
@@ -82,9 +107,11 @@ def embed_images(model: GreyBackbone, paths: Sequence[str | Path], *, image_size
     out = np.empty((len(paths), dim), dtype=np.float32)
     row = 0
     try:
+        half = torch.bfloat16 if dev.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
         with torch.inference_mode(), _deterministic_cudnn(dev), torch.autocast(
-                device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            for x, _ in tqdm(loader, desc="embed", unit="batch", disable=not progress):
+                device_type=dev.type, dtype=half, enabled=dev.type == "cuda"):
+            for x, errors in tqdm(loader, desc="embed", unit="batch", disable=not progress):
+                raise_read_errors(errors)
                 x = x.to(dev, non_blocking=True)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)

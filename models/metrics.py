@@ -65,11 +65,8 @@ def _class_auc(is_pos: np.ndarray, score: np.ndarray) -> float | None:
 
 def _se_sp(is_pos: np.ndarray, pred_pos: np.ndarray) -> tuple[float | None, float | None]:
     """(sensitivity, specificity) of one class vs the rest: recall of the positives and of the negatives."""
-    if is_pos.all() or not is_pos.any():  # one side missing: only the other recall is defined
-        value = float(recall_score(is_pos, pred_pos, pos_label=bool(is_pos[0])))
-        return (value, None) if is_pos[0] else (None, value)
-    sp, se = recall_score(is_pos, pred_pos, labels=[False, True], average=None)
-    return float(se), float(sp)
+    sp, se = recall_score(is_pos, pred_pos, labels=[False, True], average=None, zero_division=np.nan)
+    return (None if np.isnan(se) else float(se)), (None if np.isnan(sp) else float(sp))
 
 
 def _summary_metrics(y: np.ndarray, probs: np.ndarray, pos: int) -> dict[str, float | None]:

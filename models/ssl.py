@@ -39,8 +39,7 @@ from torchmetrics import MeanMetric
 
 from models.augment import SSL_METHODS, XrayAugmentConfig, ssl_transform
 from models.backbones import GreyBackbone, build_backbone, save_checkpoint
-from models.data import GreyImageDataset
-from models.embed import loader_workers, resolve_device
+from models.embed import ReadErrorsAsValues, loader_workers, raise_read_errors, resolve_device
 from store.errors import CxrAlError
 
 # (optimizer, base learning rate at batch 256): lightly's examples' settings, scaled linearly with
@@ -87,6 +86,7 @@ class SSLModule(pl.LightningModule):
         self.epoch_losses: list[float] = []
         self.train_loss = MeanMetric()  # synchronised across DDP processes at epoch end
         self._pending_epoch = False
+        self._steps_planned = 1
 
     # -- per method ---------------------------------------------------------------------------
     def compute_loss(self, views: list[torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
@@ -102,15 +102,16 @@ class SSLModule(pl.LightningModule):
 
     # -- shared loop ------------------------------------------------------------------------
     def _total_steps(self) -> int:
-        return max(1, int(self.trainer.estimated_stepping_batches))
+        return max(1, int(self.trainer.estimated_stepping_batches))  # honours max_steps
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        views, _ = batch
+        views, errors = batch
+        raise_read_errors(errors)
         if self.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         if self.momentum_range is not None:
             start, end = self.momentum_range
-            m = cosine_schedule(self.global_step, self._total_steps(), start, end)
+            m = cosine_schedule(self.global_step, self._steps_planned, start, end)
             for online, ema in self.momentum_pairs():
                 update_momentum(online, ema, m=m)
         loss = self.compute_loss(views)
@@ -121,7 +122,7 @@ class SSLModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         # a resumed run restores the scheduler's old length; stretch it to this run's epochs/steps
-        total = self._total_steps()
+        total = self._steps_planned = self._total_steps()
         for config in self.trainer.lr_scheduler_configs:
             if isinstance(config.scheduler, CosineWarmupScheduler):
                 config.scheduler.max_epochs = total
@@ -323,6 +324,7 @@ def _quiet_lightning(quiet: bool) -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # our own last.ckpt, replaced
+        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # Lightning 2.6 on torch 2.14
         warnings.filterwarnings("ignore", message=".*torch.nn.utils.weight_norm.*")  # lightly's DINO head
         if not quiet:
             yield
@@ -334,7 +336,7 @@ def _quiet_lightning(quiet: bool) -> Iterator[None]:
         try:
             yield
         finally:
-            for lg, level in zip(loggers, levels):
+            for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
 
 
@@ -403,7 +405,8 @@ def pretrain(paths: list[str], out_dir: Path, *, method: str = "simclr", backbon
 
     dev = resolve_device(device)
     if dev.type == "cuda":
-        accelerator, precision = "cuda", "bf16-mixed"
+        # bf16 needs no loss scaling; GPUs older than Ampere fall back to fp16 with a scaler
+        accelerator, precision = "cuda", "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         if dev.index is not None and devices == "auto":
             devices = [dev.index]
     else:
@@ -411,7 +414,7 @@ def pretrain(paths: list[str], out_dir: Path, *, method: str = "simclr", backbon
     pl.seed_everything(seed, workers=True, verbose=False)
 
     batch = min(batch_size, len(paths))  # a pool smaller than a batch still trains, as one batch
-    dataset = GreyImageDataset(paths, image_size, transform=ssl_transform(method, image_size, augment))
+    dataset = ReadErrorsAsValues(paths, image_size, transform=ssl_transform(method, image_size, augment))
     workers = loader_workers(dev, num_workers)
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=len(dataset) > batch,
                         num_workers=workers, persistent_workers=workers > 0, pin_memory=dev.type == "cuda")
@@ -421,16 +424,15 @@ def pretrain(paths: list[str], out_dir: Path, *, method: str = "simclr", backbon
     if method == "moco":
         # a queue longer than the pool would hold stale keys of the very images being contrasted
         kwargs["memory_bank_size"] = int(hp.get("memory_bank_size", min(MOCO_QUEUE, len(paths))))
-    # on resume every weight comes from last.ckpt, so do not demand the original init's files
-    net = build_backbone(backbone, "random" if resume else init, allow_download=allow_download)
-    module = MODULES[method](net, lr=lr, channels_last=dev.type == "cuda", **kwargs)
-    if dev.type == "cuda":
-        module = module.to(memory_format=torch.channels_last)  # before Lightning moves and wraps it
-
     checkpointing = ModelCheckpoint(dirpath=ckpt_dir, filename=Path(LAST_CKPT).stem, save_top_k=1,
                                     every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
     meter = _ThroughputMeter()
     with _quiet_lightning(not progress):
+        # on resume every weight comes from last.ckpt, so do not demand the original init's files
+        net = build_backbone(backbone, "random" if resume else init, allow_download=allow_download)
+        module = MODULES[method](net, lr=lr, channels_last=dev.type == "cuda", **kwargs)
+        if dev.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)  # before Lightning moves and wraps it
         trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                              precision=precision, max_epochs=epochs, max_steps=max_steps or -1,
                              callbacks=[checkpointing, meter], logger=False, default_root_dir=out_dir,

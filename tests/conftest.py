@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("CXR_AL_BUSY_TIMEOUT", "10")
+# OpenMP's default busy-waiting makes torch ~10x slower when processes share two cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:  # keep torch from fighting over the two cores of a CI machine
     import torch

@@ -115,3 +115,18 @@ def test_bad_arguments_are_user_errors(pool, tmp_path, kw, match):
 def test_a_single_image_cannot_be_pretrained_on(pool, tmp_path):
     with pytest.raises(CxrAlError, match="at least 2 images"):
         _run(pool[:1], tmp_path)
+
+
+def test_unreadable_image_in_the_pool_is_a_user_error_naming_it(pool, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(CxrAlError, match="broken.png"):
+        _run(pool[:3] + [str(broken)], tmp_path / "out", batch_size=4, epochs=1)
+
+
+def test_same_seed_same_result(pool, tmp_path):
+    runs = [_run(pool[:4], tmp_path / str(i), method="byol", epochs=1, max_steps=2) for i in range(2)]
+    assert runs[0].losses == runs[1].losses
+    a, _ = load_checkpoint(runs[0].checkpoint)
+    b, _ = load_checkpoint(runs[1].checkpoint)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
