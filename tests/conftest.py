@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+
+# Set before numpy/torch load: OpenBLAS and OpenMP threads busy-wait, which makes linear algebra 10-40x
+# slower when test processes (and the training children they start) share a 2-core machine.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("CXR_AL_BUSY_TIMEOUT", "10")
-# OpenMP's default busy-waiting makes torch ~10x slower when processes share two cores
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:  # keep torch from fighting over the two cores of a CI machine
     import torch
