@@ -226,8 +226,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from active.demo import run_demo
 
-    run_demo(args.dir, n=args.n, seed=args.seed, epochs=args.epochs, serve=not args.no_serve, port=args.port,
-             host=args.host)
+    run_demo(args.dir, n=args.n, seed=args.seed, epochs=args.epochs)
     return 0
 
 
@@ -256,14 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("demo", cmd_demo, "The main job: demo project on phantom images, pretrained, embedded, then the app.")
+    p = add("demo", cmd_demo, "The main job: a demo project on phantom images, pretrained, embedded, with suggestions.")
     p.add_argument("--dir", type=Path, default=Path("demo"), help="where the demo data and project go (./demo)")
     p.add_argument("--n", type=int, default=240, help="number of phantom images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="SSL epochs (default 2 on a CPU, 30 on a GPU)")
-    p.add_argument("--port", type=int, default=8501)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--no-serve", action="store_true", help="build the demo project but do not start the app")
 
     p = add("demo-data", cmd_demo_data, "Generate synthetic chest-radiograph phantoms with lesion masks.")
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
