@@ -122,6 +122,13 @@ def cmd_label(args: argparse.Namespace) -> int:
     project = open_project(args.project_dir)
     label_id = record_label(project, args.image_id, args.label, args.annotator, seconds_spent=args.seconds)
     print(f"label {label_id}: image {args.image_id} = {project.canonical_class(args.label)} by {args.annotator}")
+    if not args.no_auto_train:
+        from active.rounds import round_due, start_round_in_background
+
+        if round_due(project):
+            pid = start_round_in_background(project)
+            print(f"the round policy fired: training round started in the background (pid {pid}; "
+                  f"log in {project.artifacts / 'rounds' / 'background.log'})")
     return 0
 
 
@@ -296,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("label", metavar="LABEL")
     p.add_argument("--annotator", required=True)
     p.add_argument("--seconds", type=float, default=None, help="time spent on the image")
+    p.add_argument("--no-auto-train", action="store_true",
+                   help="do not start a training round even when the round policy says one is due")
 
     p = add("undo", cmd_undo, "Withdraw an annotator's most recent label.")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")

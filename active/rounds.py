@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -238,6 +239,22 @@ def round_due(project: Project) -> bool:
     if (rounds["status"] == "running").any():
         return False
     return labels_since_last_train(project) >= every
+
+
+def start_round_in_background(project: Project) -> int:
+    """Start `cxr-al train PROJECT --if-due` as a detached process (the round policy fired); returns its pid.
+
+    The process re-checks the policy, so two triggers close together start at most one round."""
+    import subprocess
+    import sys
+
+    log_dir = project.artifacts / "rounds"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "background.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "active.cli", "train", str(project.root.resolve()), "--if-due"],
+                                stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                                cwd=str(Path(__file__).resolve().parents[1]))
+    return proc.pid
 
 
 def latest_predictions(project: Project) -> tuple[int | None, pd.DataFrame]:

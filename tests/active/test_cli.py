@@ -69,3 +69,41 @@ def test_user_errors_are_one_line(tmp_path) -> None:
         proc = cxr(*args, cwd=tmp_path, ok=False)
         assert proc.returncode == 2, args
         assert proc.stderr.startswith("cxr-al: error:") and "Traceback" not in proc.stderr
+
+
+def test_label_fires_the_round_policy_in_the_background(tmp_path) -> None:
+    """With train_every 2, the second label starts a training round in a detached process."""
+    import time
+
+    import yaml
+
+    cxr("demo-data", "d", "--n", "16", "--size", "48", cwd=tmp_path)
+    cxr("init", "p", "--classes", "Normal,Consolidation,GroundGlass,Interstitial", "--image-size", "48",
+        cwd=tmp_path)
+    config_path = tmp_path / "p" / "project.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["round_policy"]["train_every"] = 2
+    config_path.write_text(yaml.safe_dump(config))
+    cxr("ingest", "p", "d/images", "--labels-from", "folders", "--test-fraction", "0.25", cwd=tmp_path)
+    from store.db import ProjectDB
+
+    pool = ProjectDB(tmp_path / "p" / "project.duckdb").images("pool")
+    folder = pool["path"].map(lambda p: Path(p).parent.name)
+    normal, other = int(pool.loc[folder == "Normal", "id"].iloc[0]), int(pool.loc[folder != "Normal", "id"].iloc[0])
+    first = cxr("label", "p", str(normal), "Normal", "--annotator", "alice", cwd=tmp_path).stdout
+    assert "round policy fired" not in first
+    status = json.loads(cxr("status", "p", "--json", cwd=tmp_path).stdout)
+    assert status["round_due"] is False
+    second = cxr("label", "p", str(other), folder[pool["id"] == other].iloc[0], "--annotator", "alice",
+                 cwd=tmp_path).stdout
+    assert "round policy fired" in second
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        rounds = [r for r in json.loads(cxr("status", "p", "--json", cwd=tmp_path).stdout)["rounds"]
+                  if r["kind"] == "train"]
+        if rounds and rounds[-1]["status"] != "running":
+            break
+        time.sleep(2)
+    assert rounds and rounds[-1]["status"] == "done", (tmp_path / "p" / "artifacts" / "rounds" /
+                                                       "background.log").read_text()[-2000:]
+    assert rounds[-1]["n_labels"] == 2 and "macro_auc" in rounds[-1]["metrics"]
