@@ -6,7 +6,7 @@ Every strategy has the signature `fn(inputs: QueryInputs, budget: int, seed: int
 
 from active.strategies.balancing import class_balanced
 from active.strategies.base import QueryInputs, Ranked, StrategyFn
-from active.strategies.diversity import coreset, k_center_greedy, typiclust, typicality
+from active.strategies.diversity import coreset, k_center_greedy, typicality, typiclust
 from active.strategies.hybrid import badge, hybrid
 from active.strategies.random_sampling import random_sampling
 from active.strategies.selection import STRATEGIES, auto, near_duplicate_free, select

@@ -6,7 +6,14 @@ from collections import deque
 
 import numpy as np
 
-from active.strategies.base import QueryInputs, Ranked, StrategyFn, clip_budget, empty_ranked, require_probs
+from active.strategies.base import (
+    QueryInputs,
+    Ranked,
+    StrategyFn,
+    clip_budget,
+    empty_ranked,
+    require_probs,
+)
 from store.errors import CxrAlError
 
 

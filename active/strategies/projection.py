@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.decomposition import PCA
 
-PCA_SAMPLE = 20_000  # rows the principal axes are fitted on; plenty for a few hundred dimensions
-_BLOCK = 65_536  # rows projected at a time, so the centred copy never holds the whole pool
+PCA_SAMPLE = 10_000  # rows the principal axes are fitted on; plenty for 64 axes of a few hundred dimensions
 
 
 def pca_projection(vectors: np.ndarray, dim: int | None, seed: int = 0) -> np.ndarray:
@@ -25,8 +24,6 @@ def pca_projection(vectors: np.ndarray, dim: int | None, seed: int = 0) -> np.nd
     n_components = min(dim, len(sample) - 1)
     pca = PCA(n_components=n_components, svd_solver="covariance_eigh", random_state=seed).fit(sample)
     axes = np.ascontiguousarray(pca.components_.T, dtype=np.float32)
-    mean = pca.mean_.astype(np.float32)
-    out = np.empty((len(x), n_components), dtype=np.float32)
-    for start in range(0, len(x), _BLOCK):
-        np.matmul(x[start:start + _BLOCK] - mean, axes, out=out[start:start + _BLOCK])
+    out = np.matmul(x, axes)  # (x - mean) @ axes without a centred copy of the pool
+    out -= pca.mean_.astype(np.float32) @ axes
     return out
