@@ -272,13 +272,15 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
     if val_dl is not None and patience > 0:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=patience))
     n_batches = max(1, len(train_dl))
-    trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
-                         max_epochs=epochs, callbacks=callbacks, logger=False, default_root_dir=work,
-                         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-                         log_every_n_steps=min(50, n_batches))
     with warnings.catch_warnings(), _quiet_lightning(progress):
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        # expected on small CPU runs and without a validation part; nothing the caller should act on
+        for message in (".*does not have many workers.*", ".*number of training batches.*",
+                        ".*no `val_dataloader`.*", ".*LeafSpec.*"):
+            warnings.filterwarnings("ignore", message=message)
+        trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
+                             max_epochs=epochs, callbacks=callbacks, logger=False, default_root_dir=work,
+                             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                             log_every_n_steps=min(50, n_batches))
         trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl)
 
     best = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)

@@ -134,8 +134,9 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
 
     # skip sklearn's argument validation in the hot bootstrap loop; inputs are checked above
     with sklearn.config_context(skip_parameter_validation=True, assume_finite=True), warnings.catch_warnings():
-        # balanced accuracy warns when a prediction names a class absent from y_true: expected here
+        # balanced accuracy warns when y_true lacks a predicted class or holds one class only: expected here
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", message="A single label was found")
         summary = _summary_metrics(y, probs, pos)
         sens = recall_score(y, pred, labels=labels, average=None, zero_division=0)
         f1 = f1_score(y, pred, labels=labels, average=None, zero_division=0)
