@@ -192,6 +192,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                       if isinstance(m.get(k), int | float))
     print(f"round {result['round_id']} ({args.mode or project.round_policy['mode']}, {m['n_train']} labels): "
           f"{shown or 'no test split to score'}")
+    if not args.keep_queue:
+        from active.suggest import refresh_queue
+
+        fresh = refresh_queue(project, seed=args.seed)
+        print(f"queued {len(fresh)} new suggestions scored by round {result['round_id']}")
     return 0
 
 
@@ -233,7 +238,45 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from active.demo import run_demo
 
-    run_demo(args.dir, n=args.n, seed=args.seed, epochs=args.epochs)
+    info = run_demo(args.dir, n=args.n, seed=args.seed, epochs=args.epochs)
+    if args.no_serve:
+        return 0
+    from active.serve import serve
+
+    print(f"sign in as {info['account']['name']!r} with password {info['account']['password']!r} "
+          f"({info['account']['role']})", flush=True)
+    return serve(info["project_dir"], port=args.port, host=args.host)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from active.serve import serve
+
+    return serve(args.project_dir, port=args.port, host=args.host, open_browser=args.open)
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from active.accounts import add_user, read_password
+    from active.service import open_project
+
+    project = open_project(args.project_dir)
+    password = read_password(from_stdin=args.password_stdin)
+    account = add_user(project, args.name, args.role, password)
+    project.db.log_event("account_saved", "cli", name=account["name"], role=account["role"])
+    print(f"account {account['name']!r} saved with role {account['role']}")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    from active.accounts import list_users
+    from active.service import open_project
+
+    users = list_users(open_project(args.project_dir))
+    if args.json:
+        _print_json(users.to_dict(orient="records"))
+    elif users.empty:
+        print("no accounts yet: add one with `cxr-al user add PROJECT_DIR NAME --role annotator|lead|admin`")
+    else:
+        print(users.to_string(index=False))
     return 0
 
 
@@ -267,6 +310,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=240, help="number of phantom images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="SSL epochs (default 2 on a CPU, 30 on a GPU)")
+    p.add_argument("--port", type=int, default=8501, help="port of the app (default 8501)")
+    p.add_argument("--host", default="127.0.0.1", help="address the app listens on (default 127.0.0.1)")
+    p.add_argument("--no-serve", action="store_true", help="prepare the project but do not start the app")
+
+    p = add("serve", cmd_serve, "Run the labeling app (Streamlit) for a project in the browser.")
+    p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
+    p.add_argument("--port", type=int, default=8501, help="default 8501")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="default 127.0.0.1 (this machine only); 0.0.0.0 serves the network")
+    p.add_argument("--open", action="store_true", help="open the app in the default browser")
+
+    p = sub.add_parser("user", help="Manage the accounts of a project.", description="Manage the accounts of a project.")
+    users = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    up = users.add_parser("add", help="create an account or change its role and password",
+                          description="Create an account or change its role and password (at least 8 characters).")
+    up.set_defaults(func=cmd_user_add)
+    up.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
+    up.add_argument("name", metavar="NAME")
+    up.add_argument("--role", required=True, choices=["annotator", "lead", "admin"],
+                    help="annotators label; leads also see dashboards, train and export; admins manage accounts")
+    up.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    up = users.add_parser("list", help="list the accounts", description="List the accounts of a project.")
+    up.set_defaults(func=cmd_user_list)
+    up.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
+    up.add_argument("--json", action="store_true")
 
     p = add("demo-data", cmd_demo_data, "Generate synthetic chest-radiograph phantoms with lesion masks.")
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
@@ -350,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--if-due", action="store_true", help="only when the round policy says a round is due")
+    p.add_argument("--keep-queue", action="store_true",
+                   help="leave the labeling queue as it is (default: replace unclaimed suggestions with a fresh batch)")
 
     p = add("suggest", cmd_suggest, "Fill the labeling queue with the most useful images.")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")

@@ -1,18 +1,21 @@
 """`cxr-al demo`: phantom data -> project -> ingest -> short SSL pretraining -> embeddings -> first
-suggestions -> status. Re-running it reuses what is already there. (The app joins at the end once
-the Streamlit screens land.)"""
+suggestions -> a demo account; `cxr-al demo` then serves the app. Re-running it reuses what is
+already there (the demo account gets a fresh password each run)."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from store.phantoms import PHANTOM_CLASSES, write_phantom_dataset
 from store.project import CONFIG_NAME, init_project, open_project
 
+DEMO_ACCOUNT = "demo"
+
 
 def run_demo(root: Path | str = "demo", *, n: int = 240, seed: int = 0, image_size: int = 128,
              epochs: int | None = None, log=print) -> dict:
-    """Build (or reuse) the demo project under root and report its status."""
+    """Build (or reuse) the demo project under root; returns its status, project_dir and the demo account."""
     import torch
 
     from active.rounds import embed, latest_round, pretrain
@@ -46,12 +49,15 @@ def run_demo(root: Path | str = "demo", *, n: int = 240, seed: int = 0, image_si
     if project.db.open_queue().empty:
         queued = suggest(project, 16, strategy="auto", seed=seed)
         log(f"[5/5] queued {len(queued)} cold-start suggestions (TypiClust on the SSL embeddings)")
+    from active.accounts import add_user
     from active.service import status
 
+    password = secrets.token_urlsafe(9)
+    account = add_user(project, DEMO_ACCOUNT, "admin", password)
     info = status(project)
     log(f"demo project ready: {info['images']['total']} images ({info['images']['pool']} to label, "
         f"{info['images']['test']} test), {info['embeddings']} embeddings in a {info['index']['type']} FAISS index, "
         f"{info['queue']} suggestions queued")
-    log(f"next: cxr-al suggest {project_dir} --annotator YOU; cxr-al label {project_dir} ID CLASS --annotator YOU; "
-        f"cxr-al train {project_dir}; cxr-al simulate {project_dir} --out {root / 'simulation'}")
-    return info
+    log(f"the app: cxr-al serve {project_dir}; more accounts: cxr-al user add {project_dir} NAME --role annotator; "
+        f"oracle simulation: cxr-al simulate {project_dir} --out {root / 'simulation'}")
+    return {**info, "project_dir": str(project_dir), "account": {**account, "password": password}}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,12 @@ import numpy as np
 import pandas as pd
 
 from active.jobs import run_in_child, run_job
+from store.db import utcnow
 from store.errors import CxrAlError
 from store.export import labeled_set
 from store.project import Project
+
+BACKGROUND_LOG = "background.log"  # in artifacts/rounds: what background rounds print
 
 EMBEDDINGS_NAME = "embeddings.parquet"
 INDEX_DIR = "index"
@@ -38,7 +43,7 @@ def latest_round(project: Project, kind: str) -> dict[str, Any] | None:
 def _recorded(project: Project, kind: str, params: dict[str, Any], spec: dict[str, Any], in_child: bool,
               record) -> dict[str, Any]:
     """Open a round, run its job, record the outputs with `record(round_id, result)` or mark it failed."""
-    round_id = project.db.start_round(kind, params)
+    round_id = project.db.start_round(kind, {**params, "pid": os.getpid(), "host": socket.gethostname()})
     spec = {**spec, "out_dir": str(project.artifacts / "rounds" / f"{round_id:04d}-{kind}")}
     try:
         result = _run(spec, in_child)
@@ -230,28 +235,87 @@ def labels_since_last_train(project: Project) -> int:
     return int((current["first_labeled_at"] > last["started_at"]).sum())
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def reap_abandoned_rounds(project: Project) -> list[int]:
+    """Mark as failed the running rounds whose process on this machine is gone (killed, crashed, rebooted).
+
+    Without this a round killed with -9 would stay 'running' and block the round policy for good."""
+    rounds = project.db.rounds()
+    reaped = []
+    for row in rounds[rounds["status"] == "running"].itertuples():
+        params = json.loads(row.params) if row.params else {}
+        pid, host = params.get("pid"), params.get("host")
+        if pid is None or host != socket.gethostname() or _process_alive(int(pid)):
+            continue
+        project.db.fail_round(int(row.id), f"the process running this round (pid {pid}) ended without "
+                                           "finishing it (killed or crashed); the next round retries")
+        reaped.append(int(row.id))
+    return reaped
+
+
+def round_progress(project: Project) -> dict[str, Any]:
+    """What the label page shows about training: the running round (elapsed, estimated fraction), the latest
+    finished one, a failure newer than it, and how many labels until the policy fires."""
+    reap_abandoned_rounds(project)
+    rounds = project.db.rounds("train")
+    done = rounds[rounds["status"] == "done"]
+    running = rounds[rounds["status"] == "running"]
+    info: dict[str, Any] = {"running": None, "latest": None, "failed": None, "labels_to_next": None}
+    if len(done):
+        last = done.iloc[-1]
+        info["latest"] = {"id": int(last["id"]), "n_train": int(json.loads(last["params"] or "{}").get("n_train", 0)),
+                          "finished_at": last["finished_at"]}
+    if len(running):
+        row = running.iloc[-1]
+        elapsed = (utcnow() - row["started_at"]).total_seconds()
+        durations = (done["finished_at"] - done["started_at"]).dt.total_seconds().tail(3)
+        typical = float(durations.median()) if len(durations) else None
+        fraction = None if not typical else min(0.95, elapsed / typical)
+        info["running"] = {"id": int(row["id"]), "elapsed_s": elapsed, "fraction": fraction,
+                           "stage": "training" if typical is None else f"training (about {typical:.0f} s per round)"}
+    if len(rounds) and rounds.iloc[-1]["status"] == "failed":
+        info["failed"] = {"id": int(rounds.iloc[-1]["id"]), "error": str(rounds.iloc[-1]["error"])}
+    every = int(project.round_policy.get("train_every") or 0)
+    if every > 0:
+        info["labels_to_next"] = max(0, every - labels_since_last_train(project))
+    return info
+
+
 def round_due(project: Project) -> bool:
     """True when the round policy says a training round should start now."""
     every = int(project.round_policy["train_every"])
     if every <= 0:
         return False
+    reap_abandoned_rounds(project)
     rounds = project.db.rounds("train")
     if (rounds["status"] == "running").any():
         return False
     return labels_since_last_train(project) >= every
 
 
-def start_round_in_background(project: Project) -> int:
-    """Start `cxr-al train PROJECT --if-due` as a detached process (the round policy fired); returns its pid.
+def start_round_in_background(project: Project, *, if_due: bool = True) -> int:
+    """Start `cxr-al train PROJECT` as a detached process; returns its pid. Its output goes to
+    artifacts/rounds/background.log.
 
-    The process re-checks the policy, so two triggers close together start at most one round."""
+    With if_due (the round policy fired) the process re-checks the policy (`--if-due`), so two triggers
+    close together start at most one round; without it (a lead's "Train now") it trains whatever the policy."""
     import subprocess
     import sys
 
     log_dir = project.artifacts / "rounds"
     log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / "background.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "active.cli", "train", str(project.root.resolve()), "--if-due"],
+    command = [sys.executable, "-m", "active.cli", "train", str(project.root.resolve())]
+    with open(log_dir / BACKGROUND_LOG, "ab") as log:
+        proc = subprocess.Popen(command + (["--if-due"] if if_due else []),
                                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
                                 cwd=str(Path(__file__).resolve().parents[1]))
     return proc.pid

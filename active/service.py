@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,15 +12,16 @@ from typing import Any
 import pandas as pd
 
 from store.errors import CxrAlError
-from store.export import labeled_set, write_export
+from store.export import labeled_set, safe_component, write_export
 from store.ingest import IngestReport, ingest_folder
 from store.project import Project, init_project, open_project
 
 __all__ = ["Project", "create_project", "open_project", "ingest", "status", "record_label", "undo_label",
-           "export", "export_frame", "validate_annotator", "explain", "neighbors"]
+           "export", "export_frame", "export_download", "export_file_name", "validate_annotator", "explain", "neighbors"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 RESERVED_NAMES = {"import", "oracle", "system"}
+EXPORT_EXTENSIONS = {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl", "imagefolder": "zip"}
 
 
 def validate_annotator(name: str) -> str:
@@ -157,6 +160,14 @@ def explain(project: Project, image_ids: list[int], *, class_name: str | None = 
     return out
 
 
+def embeddings_stamp(project: Project) -> float | None:
+    """When the embeddings (and so the FAISS index built from them) last changed; None before `cxr-al embed`."""
+    from active.rounds import EMBEDDINGS_NAME
+
+    path = project.artifacts / EMBEDDINGS_NAME
+    return path.stat().st_mtime if path.exists() else None
+
+
 def neighbors(project: Project, image_id: int, k: int = 6) -> pd.DataFrame:
     """The k most similar images in the embedding index, with their current (consensus) labels if any."""
     from active.rounds import load_index
@@ -166,3 +177,25 @@ def neighbors(project: Project, image_id: int, k: int = 6) -> pd.DataFrame:
     labels = export_frame(project)[["image_id", "label"]]
     frame = pd.DataFrame({"image_id": ids.astype(int), "similarity": scores.astype(float)})
     return frame.merge(labels, on="image_id", how="left")
+
+
+def export_file_name(project: Project, fmt: str, split: str = "all") -> str:
+    """The download name of an export, e.g. `ward7-labels-pool.csv` (imagefolder: a .zip)."""
+    if fmt not in EXPORT_EXTENSIONS:
+        raise CxrAlError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_EXTENSIONS)}")
+    stem = safe_component(f"{project.config.get('name') or 'cxr-al'}-labels-{split}").replace(" ", "_")
+    return f"{stem}.{EXPORT_EXTENSIONS[fmt]}"
+
+
+def export_download(project: Project, fmt: str, *, split: str = "all", classes: list[str] | None = None,
+                    annotator: str | None = None, agreement: str | None = None, actor: str | None = None) -> bytes:
+    """The filtered labeled set as the bytes of one downloadable file (imagefolder as a zip); logged as an export."""
+    file_name = export_file_name(project, fmt, split)
+    stem = file_name.rsplit(".", 1)[0]
+    with tempfile.TemporaryDirectory(prefix="cxr-al-export-") as tmp:
+        out = Path(tmp) / (stem if fmt == "imagefolder" else file_name)
+        path, _ = export(project, out, fmt, split=split, classes=classes, annotator=annotator,
+                         agreement=agreement, actor=actor)
+        if fmt == "imagefolder":
+            path = Path(shutil.make_archive(str(Path(tmp) / "archive"), "zip", root_dir=tmp, base_dir=stem))
+        return path.read_bytes()

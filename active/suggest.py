@@ -73,6 +73,20 @@ def suggest(project: Project, n: int | None = None, *, strategy: str | None = No
     return pd.DataFrame(entries, columns=["image_id", "annotator", "strategy", "score", "model_round", "rank"])
 
 
+def refresh_queue(project: Project, *, seed: int = 0) -> pd.DataFrame:
+    """After a training round: expire unassigned suggestions of older models and queue a fresh batch.
+
+    Entries an annotator has claimed (the image on their screen) stay; the new batch is scored by
+    the newest model with the round policy's strategy and batch size."""
+    round_id, _ = latest_predictions(project)
+    queued = project.db.open_queue()
+    stale = queued[queued["annotator"].isna() & queued["strategy"].ne("second-read")
+                   & (queued["model_round"].isna() | queued["model_round"].ne(round_id))]
+    if len(stale):
+        project.db.close_queue_entries([int(i) for i in stale["id"]], "expired")
+    return suggest(project, seed=seed)
+
+
 def _double_reads(labels: pd.DataFrame, queued: pd.DataFrame, annotator: str, n: int, seed: int) -> list[int]:
     """Pool images labeled by exactly one other (human) annotator and not queued: candidates for a second read."""
     human = labels[(labels["annotator"] != "import") & (labels["split"] == "pool")]

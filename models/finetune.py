@@ -313,7 +313,7 @@ class _quiet_lightning:
                 lg.setLevel(logging.WARNING)
 
     def __exit__(self, *exc):
-        for lg, level in zip(self.loggers, self.levels):
+        for lg, level in zip(self.loggers, self.levels, strict=True):
             lg.setLevel(level)
 
 

@@ -115,11 +115,18 @@ def overlay_png(grey_uint8: np.ndarray, heatmap: np.ndarray, out_path: str | Pat
 
 
 def heatmap_peak(heatmap: np.ndarray) -> tuple[int, int]:
-    """(row, col) of the heatmap's maximum; ties (flat tops of an upsampled CAM) go to the centre of the tied pixels."""
-    top = np.argwhere(heatmap >= heatmap.max() - 1e-6)
-    centre = top.mean(axis=0)
-    nearest = top[np.argmin(((top - centre) ** 2).sum(axis=1))]  # a tied pixel, so the peak is a real maximum
-    return int(nearest[0]), int(nearest[1])
+    """(row, col) of the heatmap's maximum; among tied pixels the one nearest the image centre.
+
+    A coarse CAM is upsampled bilinearly with edge clamping (cv2.resize in pytorch-grad-cam), so a
+    maximal cell on the border becomes a plateau reaching from that cell's centre out to the image
+    edge. The plateau's innermost pixel is the cell centre; its mean would sit halfway to the edge,
+    off the body (this made every peak of a 2x2 or 4x4 layer-4 CAM miss the lungs).
+    """
+    heat = np.asarray(heatmap)
+    top = np.argwhere(heat >= heat.max() - 1e-6)
+    centre = (np.asarray(heat.shape, dtype=float) - 1.0) / 2.0
+    inner = top[np.argmin(((top - centre) ** 2).sum(axis=1))]
+    return int(inner[0]), int(inner[1])
 
 
 def pointing_game(heatmaps: np.ndarray, masks: np.ndarray, tolerance: float = 0.0) -> float:
@@ -131,7 +138,7 @@ def pointing_game(heatmaps: np.ndarray, masks: np.ndarray, tolerance: float = 0.
     if heatmaps.shape != masks.shape:
         raise ValueError(f"heatmaps {heatmaps.shape} and masks {masks.shape} differ in shape")
     hits = []
-    for heat, mask in zip(heatmaps, masks):
+    for heat, mask in zip(heatmaps, masks, strict=True):
         if not mask.any():
             continue
         r, c = heatmap_peak(heat)

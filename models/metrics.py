@@ -13,8 +13,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import sklearn
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             recall_score, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    recall_score,
+    roc_auc_score,
+)
 
 ECE_BINS = 15
 CI_METRICS = ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "hm")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -106,6 +107,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+# One lock per database file per process: threads of one process (the app serves every browser
+# session from a thread) must not attach the same file at once, which DuckDB refuses with a
+# 'Unique file handle conflict' rather than a lock error. Other processes wait on the file lock.
+_THREAD_LOCKS: dict[str, threading.RLock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _thread_lock(path: Path) -> threading.RLock:
+    key = str(path.resolve())
+    with _THREAD_LOCKS_GUARD:
+        return _THREAD_LOCKS.setdefault(key, threading.RLock())
+
+
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
     return "lock" in text or "being used by another process" in text
@@ -142,28 +156,30 @@ class ProjectDB:
         """A connection for reading, closed on exit."""
         if not self.path.exists():
             raise CxrAlError(f"no project database at {self.path} (run `cxr-al init` first)")
-        con = self._open()
-        try:
-            yield con
-        finally:
-            con.close()
+        with _thread_lock(self.path):
+            con = self._open()
+            try:
+                yield con
+            finally:
+                con.close()
 
     @contextmanager
     def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection inside one transaction: committed on success, rolled back on any error."""
         if not self.path.exists():
             raise CxrAlError(f"no project database at {self.path} (run `cxr-al init` first)")
-        con = self._open()
-        try:
-            con.begin()
+        with _thread_lock(self.path):
+            con = self._open()
             try:
-                yield con
-            except BaseException:
-                con.rollback()
-                raise
-            con.commit()
-        finally:
-            con.close()
+                con.begin()
+                try:
+                    yield con
+                except BaseException:
+                    con.rollback()
+                    raise
+                con.commit()
+            finally:
+                con.close()
 
     # ----------------------------------------------------------------- schema
     def create(self) -> None:
@@ -435,6 +451,26 @@ class ProjectDB:
             return con.execute(
                 "SELECT * FROM queue WHERE status = 'open' AND (annotator = ? OR annotator IS NULL) ORDER BY id",
                 [annotator]).df()
+
+    def claim_queue_entry(self, queue_id: int, annotator: str) -> bool:
+        """Assign an open unassigned suggestion to an annotator, atomically; False when someone else got it."""
+        with self.write() as con:
+            return bool(con.execute(
+                """UPDATE queue SET annotator = ? WHERE id = ? AND status = 'open' AND annotator IS NULL
+                   RETURNING id""", [annotator, int(queue_id)]).fetchall())
+
+    def claim_unlabeled_image(self, image_id: int, annotator: str, strategy: str = "pool-order") -> int | None:
+        """Queue an image for an annotator when nobody has labeled it and no suggestion holds it, atomically;
+        returns the new queue id, or None when it is taken."""
+        with self.write() as con:
+            row = con.execute(
+                """INSERT INTO queue (image_id, annotator, strategy, score, model_round, rank, created_at)
+                   SELECT ?, ?, ?, 0.0, NULL, 0, ?
+                   WHERE NOT EXISTS (SELECT 1 FROM queue WHERE image_id = ? AND status = 'open')
+                     AND NOT EXISTS (SELECT 1 FROM labels WHERE image_id = ? AND superseded_by IS NULL)
+                   RETURNING id""",
+                [int(image_id), annotator, strategy, utcnow(), int(image_id), int(image_id)]).fetchone()
+        return None if row is None else int(row[0])
 
     def close_queue_entries(self, ids: Sequence[int], status: str) -> None:
         """Close suggestions as skipped, expired or unsure."""

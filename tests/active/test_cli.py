@@ -23,8 +23,9 @@ def cxr(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
 
 
 def test_every_command_has_help(tmp_path) -> None:
-    for cmd in ("demo-data", "init", "ingest", "status", "label", "undo", "export"):
-        out = cxr(cmd, "--help", cwd=tmp_path).stdout
+    for cmd in ("demo", "demo-data", "init", "ingest", "status", "label", "undo", "export", "pretrain", "embed",
+                "train", "suggest", "explain", "simulate", "serve", "user add", "user list"):
+        out = cxr(*cmd.split(), "--help", cwd=tmp_path).stdout
         assert "usage: cxr-al " + cmd in out
 
 

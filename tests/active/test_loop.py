@@ -144,3 +144,24 @@ def test_explain_probe_round_and_neighbors(looped, tmp_path) -> None:
     near = neighbors(looped, 1, k=5)
     assert len(near) == 5 and 1 not in set(near["image_id"])
     assert near["similarity"].is_monotonic_decreasing
+
+
+def test_refresh_queue_after_a_round_replaces_stale_suggestions_but_keeps_claimed_ones(looped) -> None:
+    from active.suggest import refresh_queue
+
+    if latest_round(looped, "train") is None:
+        train(looped, mode="probe", in_child=False, progress=False, n_bootstrap=20)
+    round_id = int(latest_round(looped, "train")["id"])
+    labeled = set(looped.db.current_labels()["image_id"])
+    free = [i for i in looped.db.images("pool")["id"].astype(int) if i not in labeled
+            and i not in set(looped.db.open_queue()["image_id"])]
+    looped.db.add_to_queue([{"image_id": free[0], "annotator": None, "strategy": "typiclust", "model_round": None},
+                            {"image_id": free[1], "annotator": "erin", "strategy": "typiclust", "model_round": None}])
+    fresh = refresh_queue(looped)
+    queue = looped.db.open_queue()
+    stale = queue[(queue["image_id"] == free[0]) & queue["model_round"].isna()]
+    assert stale.empty  # the stale unassigned suggestion expired (the new model may suggest it again)
+    assert free[1] in set(queue.loc[queue["annotator"] == "erin", "image_id"])  # the claimed one stays
+    assert len(fresh) == min(looped.round_policy["batch_size"], len(free) - 1)
+    assert set(fresh["model_round"]) == {round_id}
+    assert not set(fresh["image_id"]) & labeled

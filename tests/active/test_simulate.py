@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from active.simulate import SimulationData, project_for_simulation, run_strategy, simulate, summarise
+from active.simulate import (
+    SimulationData,
+    project_for_simulation,
+    run_strategy,
+    simulate,
+    summarise,
+)
 from store.errors import CxrAlError
 
 

@@ -6,10 +6,19 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+)
 
-from models.metrics import classification_metrics, default_positive_class, expected_calibration_error
+from models.metrics import (
+    classification_metrics,
+    default_positive_class,
+    expected_calibration_error,
+)
 
 CLASSES3 = ["Normal", "Pneumonia", "COVID-19"]
 

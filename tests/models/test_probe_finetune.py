@@ -11,8 +11,15 @@ from PIL import Image
 
 from models.backbones import build_backbone, save_checkpoint
 from models.data import GreyImageDataset
-from models.finetune import (Classifier, extract_features, finetune, load_classifier, predict_outputs,
-                             predict_proba, stratified_split)
+from models.finetune import (
+    Classifier,
+    extract_features,
+    finetune,
+    load_classifier,
+    predict_outputs,
+    predict_proba,
+    stratified_split,
+)
 from models.probe import fit_probe
 from store.errors import CxrAlError
 from store.phantoms import iter_phantoms, render_phantom

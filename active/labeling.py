@@ -1,0 +1,271 @@
+"""Labeling sessions: which image an annotator sees next, and what a key press on it does.
+
+The label page keeps one LabelingSession per signed-in browser session. It serves the annotator's
+own open queue entries first, then unassigned ones, then unlabeled pool images in id order; never a
+test-split image, nor one the annotator labeled, skipped or marked unsure (skips and unsure marks
+are the 'skip' / 'unsure' events). An image is claimed before it is shown, in one transaction: an
+unassigned entry is assigned to the annotator only while it is still open and unassigned, a pool
+image gets an entry (strategy 'pool-order') only while nobody has labeled it and no open entry
+holds it. So when two annotators race for one image exactly one gets it, and concurrent sessions
+see disjoint images.
+'Unsure' closes the entry as 'unsure' and re-queues the image unassigned for a second reader; the
+annotator who was unsure never gets it back. A snapshot of the queue and labels is kept for
+SNAPSHOT_TTL_S seconds, so a label costs one write plus at most a read and two writes for the next
+claim, not a handful of full-table reads per key press.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from active.service import record_label, undo_label, validate_annotator
+from store.errors import CxrAlError
+from store.project import Project
+
+SNAPSHOT_TTL_S = 20.0
+_ROUND_CHECK = threading.Lock()
+
+
+@dataclass
+class LabelingSession:
+    """One annotator's labeling state: the image shown, what comes next, and what they have passed on."""
+
+    project: Project
+    annotator: str
+    current: dict[str, Any] | None = None
+    done: int = 0  # labels given in this session, less the ones undone
+    last_label: dict[str, Any] | None = None
+    candidates: deque = field(default_factory=deque)
+    labeled: set[int] = field(default_factory=set)
+    passed: set[int] = field(default_factory=set)
+    paths: dict[int, str] = field(default_factory=dict)
+    refreshed_at: float = float("-inf")
+
+
+def start_labeling(project: Project, annotator: str) -> LabelingSession:
+    """A labeling session for an annotator (nothing is claimed until an image is asked for)."""
+    return LabelingSession(project, validate_annotator(annotator))
+
+
+def current_image(session: LabelingSession) -> dict[str, Any] | None:
+    """The image to show now (claiming the next one when none is shown); None when nothing is left.
+
+    A dict with image_id, path, queue_id, strategy, score, model_round, source ('queue' | 'pool'
+    | 'undo'), remaining (images of the same source left, this one included) and shown_at
+    (time.monotonic() when it was picked)."""
+    if session.current is None:
+        session.current = _next_image(session)
+    return session.current
+
+
+def label_current(session: LabelingSession, label: str, *, image_id: int | None = None,
+                  seconds_spent: float | None = None) -> int:
+    """Label the shown image (committed through record_label, source 'ui'); returns the label id.
+
+    image_id, when given, must be the shown image: a key press meant for an image that is no longer
+    shown raises CxrAlError instead of labeling another one. seconds_spent defaults to the time since
+    the image was picked."""
+    current = _shown(session, image_id)
+    if seconds_spent is None:
+        elapsed = time.monotonic() - current["shown_at"]
+        seconds_spent = elapsed if elapsed < 86400 else None
+    label_id = record_label(session.project, current["image_id"], label, session.annotator,
+                            seconds_spent=seconds_spent, source="ui")
+    session.labeled.add(current["image_id"])
+    session.done += 1
+    session.last_label = {"label_id": label_id, "image_id": current["image_id"],
+                          "label": session.project.canonical_class(label)}
+    session.current = None
+    return label_id
+
+
+def skip_current(session: LabelingSession, *, image_id: int | None = None) -> None:
+    """Pass on the shown image: its queue entry is closed as 'skipped' and it is not offered again."""
+    current = _shown(session, image_id)
+    queue_id = _own_queue_id(session, current)
+    if queue_id is not None:
+        session.project.db.close_queue_entries([queue_id], "skipped")
+    session.project.db.log_event("skip", session.annotator, image_id=current["image_id"], queue_id=queue_id)
+    session.passed.add(current["image_id"])
+    session.current = None
+
+
+def mark_unsure(session: LabelingSession, *, image_id: int | None = None) -> bool:
+    """Record that the annotator is unsure about the shown image and hand it to a second reader.
+
+    The entry is closed as 'unsure', an 'unsure' event is logged and the image is re-queued for
+    anyone else (annotator NULL, strategy 'second-read'); returns whether it was re-queued."""
+    current = _shown(session, image_id)
+    db = session.project.db
+    queue_id = _own_queue_id(session, current)
+    if queue_id is not None:
+        db.close_queue_entries([queue_id], "unsure")
+    db.log_event("unsure", session.annotator, image_id=current["image_id"], queue_id=queue_id)
+    requeued = db.add_to_queue([{"image_id": current["image_id"], "annotator": None, "strategy": "second-read",
+                                 "score": current.get("score") or 0.0, "model_round": current.get("model_round"),
+                                 "rank": 0}])
+    session.passed.add(current["image_id"])
+    session.current = None
+    return bool(requeued)
+
+
+def undo_last_label(session: LabelingSession) -> dict[str, Any] | None:
+    """Withdraw the annotator's last label and show that image again; None when there is nothing to undo."""
+    undone = undo_label(session.project, session.annotator)
+    if undone is None:
+        return None
+    image_id = int(undone["image_id"])
+    session.labeled.discard(image_id)
+    session.done = max(0, session.done - 1)
+    session.last_label = None
+    if session.current is not None:  # still claimed by this annotator: comes back after the relabel
+        session.candidates.appendleft({**session.current, "claimed": True})
+        session.current = None
+    db = session.project.db
+    if image_id not in session.paths:
+        session.paths.update(_pool_paths(db, [image_id]))
+    if image_id not in session.paths:  # a test-split image labeled elsewhere: withdrawn, not shown
+        return undone
+    queue = db.open_queue(session.annotator)
+    entry = queue[queue["image_id"] == image_id]
+    row = entry.iloc[0] if len(entry) else None
+    session.current = {
+        "image_id": image_id, "path": session.paths[image_id], "source": "undo",
+        "queue_id": None if row is None else int(row["id"]),
+        "strategy": None if row is None else _none_if_na(row["strategy"]),
+        "score": None if row is None else _none_if_na(row["score"]),
+        "model_round": None if row is None else _none_if_na(row["model_round"]),
+        "remaining": 1 + sum(1 for c in session.candidates if c["source"] != "pool"), "shown_at": time.monotonic()}
+    return undone
+
+
+def start_round_if_due(project: Project) -> int | None:
+    """Start a background training round when the round policy says one is due; returns its pid.
+
+    At most one check runs at a time in this process (the child re-checks the policy itself)."""
+    from active.rounds import round_due, start_round_in_background
+
+    if int(project.round_policy.get("train_every") or 0) <= 0 or not _ROUND_CHECK.acquire(blocking=False):
+        return None
+    try:
+        return start_round_in_background(project) if round_due(project) else None
+    finally:
+        _ROUND_CHECK.release()
+
+
+def _none_if_na(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def _shown(session: LabelingSession, image_id: int | None) -> dict[str, Any]:
+    current = session.current
+    if current is None or (image_id is not None and int(image_id) != current["image_id"]):
+        raise CxrAlError("that image is no longer shown; look at the current image and try again")
+    return current
+
+
+def _own_queue_id(session: LabelingSession, current: dict[str, Any]) -> int | None:
+    """The open queue entry holding the shown image for this annotator (looked up when a claim did not tell)."""
+    if current.get("queue_id") is not None:
+        return int(current["queue_id"])
+    queue = session.project.db.open_queue(session.annotator)
+    match = queue[(queue["image_id"] == current["image_id"]) & (queue["annotator"] == session.annotator)]
+    return int(match["id"].iloc[0]) if len(match) else None
+
+
+def _pool_paths(db: Any, image_ids: list[int]) -> dict[int, str]:
+    images = db.images("pool")
+    images = images[images["id"].isin(image_ids)]
+    return {int(i): str(p) for i, p in zip(images["id"], images["path"], strict=True)}
+
+
+def _passed_by(db: Any, annotator: str) -> set[int]:
+    """Images the annotator skipped or was unsure about (from the event log)."""
+    passed: set[int] = set()
+    for kind in ("skip", "unsure"):
+        events = db.events(kind, limit=1_000_000)
+        for payload in events.loc[events["actor"] == annotator, "payload"]:
+            image_id = json.loads(payload or "{}").get("image_id")
+            if image_id is not None:
+                passed.add(int(image_id))
+    return passed
+
+
+def _refresh(session: LabelingSession) -> None:
+    """Re-read the queue, the labels and the pool into the session's candidate list."""
+    db = session.project.db
+    pool = db.images("pool")
+    session.paths = {int(i): str(p) for i, p in zip(pool["id"], pool["path"], strict=True)}
+    labels = db.current_labels()
+    session.labeled = {int(i) for i in labels.loc[labels["annotator"] == session.annotator, "image_id"]}
+    session.passed = _passed_by(db, session.annotator)
+    queue = db.open_queue()
+    skip = session.labeled | session.passed
+    if session.current is not None:
+        skip = skip | {session.current["image_id"]}
+    candidates: deque = deque()
+    seen: set[int] = set()
+    own = queue[queue["annotator"] == session.annotator]
+    unassigned = queue[queue["annotator"].isna()]
+    for claimed, frame in ((True, own), (False, unassigned)):
+        for row in frame.itertuples(index=False):
+            image_id = int(row.image_id)
+            if image_id in session.paths and image_id not in skip and image_id not in seen:
+                seen.add(image_id)
+                candidates.append({"image_id": image_id, "queue_id": int(row.id), "claimed": claimed,
+                                   "source": "queue", "strategy": _none_if_na(row.strategy),
+                                   "score": _none_if_na(row.score), "model_round": _none_if_na(row.model_round)})
+    unavailable = {int(i) for i in labels["image_id"]} | {int(i) for i in queue["image_id"]} | skip
+    for image_id in sorted(set(session.paths) - unavailable):
+        candidates.append({"image_id": image_id, "queue_id": None, "claimed": False, "source": "pool",
+                           "strategy": None, "score": None, "model_round": None})
+    session.candidates = candidates
+    session.refreshed_at = time.monotonic()
+
+
+def _claim(session: LabelingSession, candidate: dict[str, Any]) -> dict[str, Any] | None:
+    """Make the candidate this annotator's, atomically (None when someone else got it or labeled it meanwhile)."""
+    if candidate["claimed"]:
+        return candidate
+    db = session.project.db
+    if candidate["source"] == "pool":
+        queue_id = db.claim_unlabeled_image(candidate["image_id"], session.annotator)
+        if queue_id is None:
+            return None
+        return {**candidate, "queue_id": queue_id, "claimed": True, "strategy": "pool-order"}
+    if not db.claim_queue_entry(candidate["queue_id"], session.annotator):
+        return None
+    return {**candidate, "claimed": True}
+
+
+def _next_image(session: LabelingSession) -> dict[str, Any] | None:
+    refreshed = False
+    if time.monotonic() - session.refreshed_at > SNAPSHOT_TTL_S:
+        _refresh(session)
+        refreshed = True
+    while True:
+        if not session.candidates:
+            if refreshed:
+                return None
+            _refresh(session)
+            refreshed = True
+            continue
+        candidate = session.candidates.popleft()
+        image_id = candidate["image_id"]
+        if image_id in session.labeled or image_id in session.passed or image_id not in session.paths:
+            continue
+        claimed = _claim(session, candidate)
+        if claimed is None:
+            continue
+        from_pool = claimed["source"] == "pool"
+        remaining = 1 + sum(1 for c in session.candidates if (c["source"] == "pool") == from_pool)
+        return {**claimed, "path": session.paths[image_id], "remaining": remaining, "shown_at": time.monotonic()}

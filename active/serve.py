@@ -1,0 +1,104 @@
+"""`cxr-al serve`: run the Streamlit app (app.py) for one project and wait until it stops."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import webbrowser
+from pathlib import Path
+
+from store.errors import CxrAlError
+from store.project import open_project
+
+APP_PATH = Path(__file__).resolve().parents[1] / "app.py"
+PROJECT_ENV = "CXR_AL_PROJECT"
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (a socket can bind there)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT leftovers, like the server
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on host that is free right now (for tests and benchmarks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def server_command(port: int, host: str) -> list[str]:
+    """The `python -m streamlit run app.py` command line: headless, no usage stats, no file watcher."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP_PATH),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.address", host, "--server.port", str(port),
+            "--server.fileWatcherType", "none", "--server.runOnSave", "false",
+            "--client.toolbarMode", "minimal"]
+
+
+def start_server(project_dir: Path | str, *, port: int = 8501, host: str = "127.0.0.1",
+                 log: Path | None = None) -> subprocess.Popen:
+    """Check the project and the port, then start the app server in a child process and return it."""
+    project = open_project(project_dir)  # CxrAlError when it is not a project
+    if not 0 < int(port) < 65536:
+        raise CxrAlError(f"--port must be between 1 and 65535, got {port}")
+    if not port_is_free(host, int(port)):
+        raise CxrAlError(f"port {port} on {host} is already in use; choose another with --port")
+    env = {**os.environ, PROJECT_ENV: str(project.root.resolve()), "OMP_WAIT_POLICY": "PASSIVE"}
+    out = open(log, "ab") if log is not None else None  # noqa: SIM115  (the child keeps it open)
+    try:
+        return subprocess.Popen(server_command(int(port), host), cwd=str(APP_PATH.parent), env=env,
+                                stdout=out, stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL)
+    finally:
+        if out is not None:
+            out.close()
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
+    """Poll the server's health endpoint until it answers; CxrAlError when it exits or times out."""
+    deadline = time.monotonic() + timeout
+    health = url.rstrip("/") + "/_stcore/health"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise CxrAlError(f"the app server stopped with exit code {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(health, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise CxrAlError(f"the app server did not answer at {url} within {timeout:.0f} s")
+
+
+def serve(project_dir: Path | str, port: int = 8501, host: str = "127.0.0.1", open_browser: bool = False) -> int:
+    """Run the labeling app for a project at http://host:port until it stops (Ctrl-C); returns its exit code."""
+    proc = start_server(project_dir, port=port, host=host)
+    url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0', '::') else host}:{port}"
+    try:
+        wait_until_ready(url, proc)
+        print(f"CXR-AL is serving {Path(project_dir)} at {url} (Ctrl-C stops it)", file=sys.stderr)
+        if open_browser:
+            webbrowser.open(url)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

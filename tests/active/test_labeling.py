@@ -1,0 +1,135 @@
+"""Labeling sessions: queue order, atomic claims (disjoint images under concurrency), skip, unsure, undo."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from active import labeling
+from store.errors import CxrAlError
+from store.ingest import ingest_folder
+from store.phantoms import PHANTOM_CLASSES, write_phantom_dataset
+from store.project import init_project
+
+
+@pytest.fixture
+def project(tmp_path):
+    data = write_phantom_dataset(tmp_path / "data", n=24, seed=3, size=48)
+    project = init_project(tmp_path / "p", list(PHANTOM_CLASSES), image_size=32)
+    project.config["round_policy"]["train_every"] = 0
+    project.save_config()
+    ingest_folder(project.db, data / "images", project.classes, labels_from="folders", labels_as="oracle",
+                  test_fraction=0.25, seed=0)
+    return project
+
+
+def queue(project, image_ids, annotator=None, strategy="margin"):
+    project.db.add_to_queue([{"image_id": int(i), "annotator": annotator, "strategy": strategy, "score": 0.5,
+                              "model_round": 3, "rank": k} for k, i in enumerate(image_ids)])
+
+
+def test_suggestions_first_then_pool_never_test_images(project):
+    pool = project.db.images("pool")["id"].tolist()
+    test = set(project.db.images("test")["id"])
+    queue(project, pool[5:8])
+    ls = labeling.start_labeling(project, "alice")
+    shown = []
+    while (current := labeling.current_image(ls)) is not None:
+        shown.append(current)
+        labeling.label_current(ls, "Normal", seconds_spent=1.0)
+    assert [c["image_id"] for c in shown[:3]] == pool[5:8]
+    assert [c["strategy"] for c in shown[:3]] == ["margin"] * 3 and shown[0]["remaining"] == 3
+    assert {c["source"] for c in shown[3:]} == {"pool"}
+    assert sorted(c["image_id"] for c in shown) == sorted(pool) and not test & {c["image_id"] for c in shown}
+    labels = project.db.current_labels()
+    assert len(labels) == len(pool) and set(labels["annotator"]) == {"alice"}
+    assert project.db.open_queue().empty
+
+
+def test_two_sessions_get_disjoint_images_even_when_racing(project):
+    pool = project.db.images("pool")["id"].tolist()
+    queue(project, pool[:6])
+    sessions = {name: labeling.start_labeling(project, name) for name in ("bob", "carol")}
+    seen: dict[str, list[int]] = {name: [] for name in sessions}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def work(name):
+        try:
+            ls = sessions[name]
+            for _ in range(6):
+                barrier.wait(timeout=30)
+                current = labeling.current_image(ls)
+                if current is None:
+                    return
+                seen[name].append(current["image_id"])
+                labeling.label_current(ls, "Consolidation")
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert not set(seen["bob"]) & set(seen["carol"])
+    labels = project.db.current_labels()
+    for name in sessions:
+        assert sorted(labels.loc[labels["annotator"] == name, "image_id"]) == sorted(seen[name])
+    assert set(pool[:6]) <= set(seen["bob"]) | set(seen["carol"])  # the suggestions went first
+
+
+def test_a_stale_snapshot_never_shows_an_image_labeled_meanwhile(project):
+    pool = project.db.images("pool")["id"].tolist()
+    queue(project, pool[:2])
+    ls = labeling.start_labeling(project, "alice")
+    first = labeling.current_image(ls)["image_id"]  # snapshot taken: pool[1] and the pool are candidates
+    project.db.add_label(pool[1], "Normal", "bob")  # labeled elsewhere (CLI, another app server)
+    project.db.add_label(pool[2], "Normal", "bob")
+    labeling.label_current(ls, "Normal")
+    following = labeling.current_image(ls)["image_id"]
+    assert first == pool[0] and following not in (pool[1], pool[2])
+
+
+def test_skip_and_unsure_pass_the_image_on(project):
+    pool = project.db.images("pool")["id"].tolist()
+    queue(project, pool[:2])
+    alice = labeling.start_labeling(project, "alice")
+    skipped = labeling.current_image(alice)["image_id"]
+    labeling.skip_current(alice)
+    unsure = labeling.current_image(alice)["image_id"]
+    assert labeling.mark_unsure(alice) is True
+    assert labeling.current_image(alice)["image_id"] not in (skipped, unsure)
+    assert {skipped, unsure} == set(pool[:2])
+    assert set(project.db.events("skip")["actor"]) == {"alice"} and len(project.db.events("unsure")) == 1
+    second = project.db.open_queue()
+    second = second[second["strategy"] == "second-read"]
+    assert second["image_id"].tolist() == [unsure] and second["annotator"].isna().all()
+    # a fresh session for alice (new browser tab) does not offer them again; bob gets the unsure one first
+    assert labeling.current_image(labeling.start_labeling(project, "alice"))["image_id"] not in (skipped, unsure)
+    bob = labeling.current_image(labeling.start_labeling(project, "bob"))
+    assert bob["image_id"] == unsure and bob["strategy"] == "second-read"
+    assert project.db.current_labels().empty  # nothing labeled by passing on
+
+
+def test_undo_shows_the_image_again_and_a_stale_key_press_is_refused(project):
+    ls = labeling.start_labeling(project, "alice")
+    first = labeling.current_image(ls)["image_id"]
+    labeling.label_current(ls, "GroundGlass", image_id=first)
+    second = labeling.current_image(ls)["image_id"]
+    with pytest.raises(CxrAlError, match="no longer shown"):
+        labeling.label_current(ls, "Normal", image_id=first)  # a double key press meant for the old image
+    undone = labeling.undo_last_label(ls)
+    assert undone["image_id"] == first and ls.current["source"] == "undo"
+    assert project.db.current_labels().empty
+    labeling.label_current(ls, "Interstitial", image_id=first)
+    assert labeling.current_image(ls)["image_id"] == second  # the image shown before the undo comes back
+    history = project.db.label_history(first)
+    assert list(history["label"]) == ["GroundGlass", "Interstitial"]
+    assert history["superseded_by"].notna().sum() == 1  # the withdrawn label is kept, superseded
+    assert labeling.undo_last_label(labeling.start_labeling(project, "nobody")) is None
+    with pytest.raises(CxrAlError, match="unknown class|not a class|class"):
+        labeling.label_current(ls, "Pneumothorax")

@@ -1,0 +1,80 @@
+"""Steps a browser test takes on the live app: sign in, press keys, wait for the next image, screenshots."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
+
+IMAGE_ID = re.compile(r"Image (\d+) ·")
+
+
+def sign_in(page, url: str, name: str, password: str) -> None:
+    """Open the app and submit the sign-in form."""
+    page.goto(url)
+    page.get_by_label("Username", exact=True).fill(name)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def explain_failure(page, what: str) -> AssertionError:
+    """An assertion error with what the page shows and the end of the server log (CI has no screenshots)."""
+    try:
+        text = page.locator("body").inner_text(timeout=5_000)
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the failure
+        text = f"(page text unavailable: {exc})"
+    log = ARTIFACTS / "streamlit.log"
+    tail = log.read_text(errors="replace")[-4000:] if log.is_file() else "(no server log)"
+    try:
+        screenshot(page, f"failure-{re.sub(r'[^a-z0-9]+', '-', what.lower())[:40]}")
+    except Exception:  # noqa: BLE001
+        pass
+    return AssertionError(f"{what}\n--- page text ---\n{text[-3000:]}\n--- server log tail ---\n{tail}")
+
+
+def shown_image_id(page) -> int:
+    """The id of the image the label page shows."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.locator(".st-key-label-image img").first.wait_for()
+    except PlaywrightTimeout:
+        raise explain_failure(page, "the label page showed no image") from None
+    match = IMAGE_ID.search(page.locator(".st-key-label-info").inner_text())
+    assert match, "the label page shows no image id"
+    return int(match.group(1))
+
+
+def wait_for_other_image(page, old_id: int) -> int:
+    """Wait until the label page shows an image other than old_id (and its pixels loaded); return its id."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            """old => {
+            const info = document.querySelector('.st-key-label-info');
+            const img = document.querySelector('.st-key-label-image img');
+            const m = info && info.innerText.match(/Image (\\d+) ·/);
+            return m && Number(m[1]) !== old && img && img.complete && img.naturalWidth > 0;
+        }""", arg=old_id)
+    except PlaywrightTimeout:
+        raise explain_failure(page, f"the label page still shows image {old_id}") from None
+    return shown_image_id(page)
+
+
+def press(page, key: str) -> None:
+    """A key press with nothing focused (as an annotator's hands on the keyboard)."""
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    page.keyboard.press(key)
+
+
+def screenshot(page, name: str, height: int = 1800) -> None:
+    """Save test-artifacts/ui/NAME.png. Streamlit scrolls inside its own container, so a full-page shot
+    is only the viewport: the viewport is made tall for the shot, then restored."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": max(height, size["height"])})
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size(size)

@@ -1,0 +1,66 @@
+"""`cxr-al demo` and `cxr-al serve` as a user runs them: the demo ends in a running app that answers."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from active.accounts import authenticate
+from active.serve import free_port
+from store.project import open_project
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"nothing answered at {url}")
+
+
+def test_demo_prepares_a_project_with_an_account_then_serves_it(tmp_path):
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "active.cli", "demo", "--dir", str(tmp_path / "demo"), "--n", "24",
+                             "--epochs", "1", "--port", str(port)], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}", proc, timeout=300)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    match = re.search(r"sign in as '(\w+)' with password '([^']+)' \((\w+)\)", out)
+    assert match, out
+    project = open_project(tmp_path / "demo" / "project")
+    assert authenticate(project, match[1], match[2], sleep=lambda _: None) == {"name": match[1], "role": match[3]}
+    assert project.db.summary()["images"]["pool"] > 0 and not project.db.open_queue().empty
+    assert {"pretrain", "embed"} <= set(project.db.rounds()["kind"])
+
+
+def test_serve_refuses_a_bad_project_and_a_taken_port(tmp_path, ui_project):
+    def serve(*args):
+        return subprocess.run([sys.executable, "-m", "active.cli", "serve", *args], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    missing = serve(str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no such project" in missing.stderr and "Traceback" not in missing.stderr
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = serve(str(ui_project.root), "--port", str(taken.getsockname()[1]))
+    assert busy.returncode == 2 and "already in use" in busy.stderr

@@ -1,0 +1,58 @@
+"""Export page (leads and admins): the labeled set, filtered, as CSV, Parquet, JSON Lines or an ImageFolder zip."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+
+from active import service
+from store.errors import CxrAlError
+from ui import session
+
+ANY = "(any)"
+DOWNLOADS = (("csv", "CSV", "text/csv"), ("parquet", "Parquet", "application/vnd.apache.parquet"),
+             ("jsonl", "JSON Lines", "application/jsonl"), ("imagefolder", "ImageFolder (zip)", "application/zip"))
+
+
+def _deferred(project: service.Project, fmt: str, filters: dict, actor: str) -> Callable[[], bytes]:
+    """The file is built only when its button is clicked (an ImageFolder copies every image)."""
+    return lambda: service.export_download(project, fmt, actor=actor, **filters)
+
+
+def render() -> None:
+    """Filters, a preview of the matching rows and one download button per format."""
+    user = session.require("export")
+    project = session.project()
+    st.title("Export labels")
+    annotators = [str(a) for a in project.db.annotators()["name"]]
+    c1, c2, c3, c4 = st.columns(4)
+    split = c1.selectbox("Split", ["all", "pool", "test"], key="export_split")
+    classes = c2.multiselect("Classes", project.classes, key="export_classes", placeholder="all classes")
+    annotator = c3.selectbox("Annotator", [ANY, *annotators], key="export_annotator")
+    agreement = c4.selectbox("Agreement", [ANY, "single", "agree", "disagree"], key="export_agreement",
+                             help="single: one annotator; agree / disagree: several annotators, same or different labels")
+    filters = {"split": split, "classes": classes or None, "annotator": None if annotator == ANY else annotator,
+               "agreement": None if agreement == ANY else agreement}
+    try:
+        frame = service.export_frame(project, **filters)
+    except CxrAlError as exc:
+        st.error(str(exc))
+        return
+    with st.container(key="export-count"):
+        st.markdown(f"**{len(frame)}** labeled images match")
+    with st.container(horizontal=True, key="export-downloads"):
+        for fmt, title, mime in DOWNLOADS:
+            st.download_button(title, data=_deferred(project, fmt, filters, user["name"]),
+                               file_name=service.export_file_name(project, fmt, split), mime=mime,
+                               key=f"export_download_{fmt}", on_click="ignore", disabled=frame.empty,
+                               icon=":material/download:")
+    st.caption("Every row carries its provenance: who labeled it, when, in which round, and the agreement "
+               "status. Downloads are logged.")
+    st.dataframe(frame.head(1000), hide_index=True, key="export_preview")
+
+
+if __name__ == "__main__":  # run as a page by st.navigation: draw it from the imported module
+    from ui.export import render as _render
+
+    _render()

@@ -1,0 +1,321 @@
+"""Label page: the annotator's next suggested image, large, with one key per class.
+
+Keys: 1-9 the classes in the configured order, s skip, u unsure (goes to a second reader), z undo.
+The image and its buttons live in a fragment, so a label redraws only that part of the page.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from active import labeling, service
+from store.errors import CxrAlError
+from store.images import read_grey
+from ui import session, viewer
+
+SESSION_KEY = "label_session"
+MESSAGE_KEY = "label_message"
+ROUND_CHECK_KEY = "label_round_check"
+LATEST_ROUND_KEY = "label_latest_round"
+VIEW_DEFAULTS = {"view_brightness": 0, "view_contrast": 1.0, "view_zoom": 1.0, "view_pan_x": 50, "view_pan_y": 50}
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _pixels(path: str) -> np.ndarray:
+    """Decoded 8-bit pixels of an image (DICOM windowed), kept for the last few images."""
+    return read_grey(path)
+
+
+def reason_text(current: dict[str, Any]) -> str:
+    """Why this image is shown, in words (strategy and score)."""
+    strategy, score = current.get("strategy"), current.get("score")
+    if current.get("source") == "undo":
+        return "your last label was undone: label it again"
+    if strategy == "second-read":
+        return "second reading: another annotator was unsure"
+    if strategy == "double-read":
+        return "double reading: another annotator labeled it (agreement check)"
+    if current.get("source") == "pool" or strategy == "pool-order" or not strategy:
+        return "no suggestion queued: next unlabeled pool image (id order)"
+    text = f"suggested by **{strategy}**"
+    if score is not None:
+        text += f", score {float(score):.3f}"
+    if current.get("model_round") is not None:
+        text += f", model round {int(current['model_round'])}"
+    return text
+
+
+def labeling_session(project: service.Project, annotator: str) -> labeling.LabelingSession:
+    """This browser session's LabelingSession (one per signed-in annotator)."""
+    ls = st.session_state.get(SESSION_KEY)
+    if ls is None or ls.annotator != annotator:
+        ls = labeling.start_labeling(project, annotator)
+        st.session_state[SESSION_KEY] = ls
+    ls.project = project  # project.yaml may have changed (classes, round policy)
+    return ls
+
+
+# ----------------------------------------------------------------------------- callbacks (run before the redraw)
+def _say(text: str) -> None:
+    st.session_state[MESSAGE_KEY] = text
+
+
+def _on_label(ls: labeling.LabelingSession, image_id: int, label: str) -> None:
+    try:
+        labeling.label_current(ls, label, image_id=image_id)
+    except CxrAlError as exc:
+        _say(f":orange[{exc}]")
+        return
+    _say(f"Image {image_id}: **{label}** saved (z undoes)")
+    st.session_state[ROUND_CHECK_KEY] = True
+
+
+def _on_skip(ls: labeling.LabelingSession, image_id: int) -> None:
+    try:
+        labeling.skip_current(ls, image_id=image_id)
+    except CxrAlError as exc:
+        _say(f":orange[{exc}]")
+        return
+    _say(f"Image {image_id} skipped")
+
+
+def _on_unsure(ls: labeling.LabelingSession, image_id: int) -> None:
+    try:
+        requeued = labeling.mark_unsure(ls, image_id=image_id)
+    except CxrAlError as exc:
+        _say(f":orange[{exc}]")
+        return
+    _say(f"Image {image_id} marked unsure" + (": queued for a second reader" if requeued else ""))
+
+
+def _on_undo(ls: labeling.LabelingSession) -> None:
+    try:
+        undone = labeling.undo_last_label(ls)
+    except CxrAlError as exc:
+        _say(f":orange[{exc}]")
+        return
+    _say("Nothing to undo" if undone is None else
+         f"Label **{undone['label']}** of image {undone['image_id']} withdrawn")
+
+
+def _reset_view() -> None:
+    for key, value in VIEW_DEFAULTS.items():
+        st.session_state[key] = value
+
+
+# ----------------------------------------------------------------------------- drawing
+def _view_controls() -> dict[str, float]:
+    for key, value in VIEW_DEFAULTS.items():
+        st.session_state.setdefault(key, value)
+    brightness = st.slider("Brightness (level)", -100, 100, key="view_brightness")
+    contrast = st.slider("Contrast (window)", 0.25, 4.0, step=0.05, key="view_contrast")
+    zoom = st.slider("Zoom", 1.0, 8.0, step=0.5, key="view_zoom")
+    pan_x = pan_y = 50
+    if zoom > 1:
+        pan_x = st.slider("Pan left-right", 0, 100, key="view_pan_x")
+        pan_y = st.slider("Pan up-down", 0, 100, key="view_pan_y")
+    st.button("Reset view", key="view_reset", on_click=_reset_view)
+    return {"brightness": brightness, "contrast": contrast, "zoom": zoom, "center_x": pan_x / 100,
+            "center_y": pan_y / 100}
+
+
+def _details(project: service.Project, image_id: int) -> None:
+    info = project.db.image(image_id)
+    st.markdown("**Image details**")
+    st.caption(f"{info['width']} x {info['height']} px, {info['format']}"
+               f"{', ' + info['modality'] if info.get('modality') else ''}; id {image_id}, "
+               f"sha256 {str(info['sha256'])[:12]}")
+
+
+def _action_buttons(ls: labeling.LabelingSession, image_id: int | None) -> None:
+    with st.container(horizontal=True, key="label-buttons"):
+        if image_id is not None:
+            for i, cls in enumerate(ls.project.classes):
+                st.button(cls, key=f"label_class_{i}", shortcut=str(i + 1) if i < 9 else None, type="primary",
+                          on_click=_on_label, args=(ls, image_id, cls))
+            st.button("Skip", key="label_skip", shortcut="S", on_click=_on_skip, args=(ls, image_id))
+            st.button("Unsure", key="label_unsure", shortcut="U", on_click=_on_unsure, args=(ls, image_id),
+                      help="Not sure: the image goes to a second reader")
+        st.button("Undo", key="label_undo", shortcut="Z", on_click=_on_undo, args=(ls,),
+                  help="Withdraw your last label and show that image again")
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _round_predictions(root: str, round_id: int) -> dict[int, list[float]]:
+    """Class probabilities of one training round's model for every image (kept while the round is the latest)."""
+    predictions = service.open_project(root).db.predictions(round_id)
+    return {int(i): [float(p) for p in probs] for i, probs in zip(predictions["image_id"], predictions["probs"],
+                                                                   strict=True)}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _overlay(root: str, round_id: int, image_id: int) -> tuple[bytes, str]:
+    """Grad-CAM++ overlay PNG of the predicted class, and that class (computed once per round and image)."""
+    (result,) = service.explain(service.open_project(root), [image_id], round_id=round_id)
+    return result["overlay_png"], result["class"]
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _labeled_neighbours(root: str, index_stamp: float, labels_stamp: int, image_id: int,
+                        k: int) -> list[dict[str, Any]]:
+    """The k most similar already-labeled images in the FAISS index (recomputed when the index changes)."""
+    project = service.open_project(root)
+    found = service.neighbors(project, image_id, k=max(50, 8 * k))
+    found = found[(found["image_id"] != image_id) & found["label"].notna()].head(k)
+    return [{"image_id": int(r.image_id), "label": str(r.label), "similarity": float(r.similarity),
+             "path": project.db.image(int(r.image_id))["path"]} for r in found.itertuples()]
+
+
+def _prediction_panel(ls: labeling.LabelingSession, image_id: int, round_id: int | None,
+                      show_overlay: bool) -> None:
+    st.markdown("**Model**")
+    if round_id is None:
+        st.caption("No model yet: the first training round runs after "
+                   f"{int(ls.project.round_policy.get('train_every') or 0) or 'some'} labels.")
+        return
+    probs = _round_predictions(str(ls.project.root), round_id).get(image_id)
+    if probs is None:
+        st.caption(f"Round {round_id} has no prediction for this image.")
+        return
+    best = int(np.argmax(probs))
+    with st.container(key="label-prediction"):
+        st.markdown(f"Round {round_id}: **{ls.project.classes[best]}** ({probs[best]:.0%})")
+        for cls, p in sorted(zip(ls.project.classes, probs, strict=True), key=lambda t: -t[1])[:4]:
+            st.progress(min(1.0, max(0.0, p)), text=f"{cls} {p:.2f}")
+    if show_overlay:
+        try:
+            with st.spinner("Grad-CAM++ ..."):
+                overlay, cls = _overlay(str(ls.project.root), round_id, image_id)
+        except CxrAlError as exc:
+            st.caption(f"No heatmap: {exc}")
+        else:
+            st.image(overlay, caption=f"Grad-CAM++ for {cls} (round {round_id})", width="stretch")
+
+
+def _neighbour_panel(ls: labeling.LabelingSession, image_id: int, k: int = 4) -> None:
+    st.markdown("**Similar labeled images**")
+    stamp = service.embeddings_stamp(ls.project)
+    if stamp is None:
+        st.caption("No embedding index yet (run `cxr-al embed`).")
+        return
+    try:  # the labels join is cached too: refreshed by this annotator's next label or a new index
+        found = _labeled_neighbours(str(ls.project.root), stamp, ls.done, image_id, k)
+    except CxrAlError as exc:
+        st.caption(f"Unavailable: {exc}")
+        return
+    if not found:
+        st.caption("No labeled image nearby yet.")
+        return
+    cols = st.columns(2)
+    for j, item in enumerate(found):
+        try:
+            thumb = viewer.png(viewer.fit(_pixels(item["path"]), 160))
+        except CxrAlError:
+            continue
+        cols[j % 2].image(thumb, caption=f"{item['label']} · {item['similarity']:.2f}", width="stretch")
+
+
+@st.fragment(run_every=5)
+def round_status(ls: labeling.LabelingSession) -> None:
+    """The training round in progress, or the model in use; a finished round refreshes the queue."""
+    from active.rounds import round_progress
+
+    info = round_progress(ls.project)
+    with st.container(key="label-round"):
+        if info["running"] is not None:
+            run = info["running"]
+            st.markdown(f"**Training round {run['id']}** running ({run['elapsed_s']:.0f} s): "
+                        "keep labeling, new suggestions follow.")
+            st.progress(run["fraction"] if run["fraction"] is not None else 0.0, text=run["stage"])
+        elif info["latest"] is not None:
+            st.caption(f"Model: round {info['latest']['id']} on {info['latest']['n_train']} labels; "
+                       f"next round after {info['labels_to_next']} more labels"
+                       if info["labels_to_next"] is not None else f"Model: round {info['latest']['id']}")
+        elif info["labels_to_next"] is not None:
+            st.caption(f"First training round after {info['labels_to_next']} more labels")
+        if info["failed"] is not None:
+            st.caption(f":orange[Round {info['failed']['id']} failed: {info['failed']['error']}]")
+    latest = None if info["latest"] is None else int(info["latest"]["id"])
+    seen = st.session_state.get(LATEST_ROUND_KEY, latest)
+    st.session_state[LATEST_ROUND_KEY] = latest
+    if latest is not None and latest != seen:
+        ls.refreshed_at = float("-inf")  # the next image comes from the fresh queue
+        st.toast(f"Round {latest} finished: suggestions refreshed")
+
+
+@st.fragment
+def labeling_panel(ls: labeling.LabelingSession, panels: dict[str, bool]) -> None:
+    """The image, its context and the label buttons; reruns alone after each key press."""
+    message = st.session_state.get(MESSAGE_KEY)
+    try:
+        current = labeling.current_image(ls)
+    except CxrAlError as exc:
+        st.error(str(exc))
+        return
+    if current is None:
+        st.success("Nothing left to label for you right now: every suggestion and pool image is done. "
+                   "New suggestions appear here after the next round.")
+        if message:
+            st.caption(message)
+        _action_buttons(ls, None)
+        return
+    image_id = int(current["image_id"])
+    col_image, col_side = st.columns([4, 1], gap="medium")
+    with col_side:
+        with st.container(key="label-info"):
+            if current["source"] == "pool":
+                st.markdown(f"### Pool · {int(current['remaining'])} left")
+            else:
+                st.markdown(f"### {ls.done + 1} / {ls.done + int(current['remaining'])}")
+            st.caption(f"Image {image_id} · {reason_text(current)}")
+        view = _view_controls()
+        if panels["prediction"] or panels["overlay"]:
+            _prediction_panel(ls, image_id, st.session_state.get(LATEST_ROUND_KEY), panels["overlay"])
+        if panels["neighbours"]:
+            _neighbour_panel(ls, image_id)
+        if panels["details"]:
+            _details(ls.project, image_id)
+    with col_image:
+        _action_buttons(ls, image_id)
+        st.caption(message or "Keys: 1-9 label, s skip, u unsure, z undo")
+        with st.container(key="label-image"):
+            try:
+                pixels = _pixels(str(current["path"]))
+            except CxrAlError as exc:
+                st.error(f"Image {image_id} cannot be shown: {exc}. Skip it (s).")
+            else:
+                st.image(viewer.png(viewer.render_view(pixels, **view)), width="stretch",
+                         alt=f"chest radiograph, image {image_id}")
+    if st.session_state.pop(ROUND_CHECK_KEY, False):  # after drawing: never delays the next image
+        threading.Thread(target=labeling.start_round_if_due, args=(ls.project,), daemon=True).start()
+
+
+def render() -> None:
+    """The label page for the signed-in annotator."""
+    user = session.require("label")
+    project = session.project()
+    ls = labeling_session(project, user["name"])
+    with st.sidebar:
+        st.markdown("**Panels**")
+        panels = {
+            "prediction": st.toggle("Model prediction", value=True, key="panel_prediction",
+                                    help="The latest round's predicted class and confidence"),
+            "overlay": st.toggle("Grad-CAM++ overlay", value=False, key="panel_overlay",
+                                 help="Where the model looks (computed on first view; slower on a CPU)"),
+            "neighbours": st.toggle("Similar labeled images", value=False, key="panel_neighbours",
+                                    help="Nearest already-labeled images in the embedding index, with labels"),
+            "details": st.toggle("Image details", value=False, key="panel_details",
+                                 help="Size, format and hash of the shown image"),
+        }
+        round_status(ls)
+    labeling_panel(ls, panels)
+
+
+if __name__ == "__main__":  # run as a page by st.navigation: draw it from the imported module
+    from ui.label import render as _render
+
+    _render()
