@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
 import sklearn
@@ -22,18 +21,10 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from store.project import default_positive_class  # one rule for the whole product (re-exported)
+
 ECE_BINS = 15
 CI_METRICS = ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "hm")
-
-
-def default_positive_class(classes: Sequence[str]) -> str:
-    """The class whose sensitivity/specificity the HM reports: COVID-19 when present, else the first non-Normal class."""
-    if "COVID-19" in classes:
-        return "COVID-19"
-    for name in classes:
-        if name != "Normal":
-            return name
-    return classes[0]
 
 
 def harmonic_mean_se_sp(sensitivity: float | None, specificity: float | None) -> float | None:
