@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,13 +126,21 @@ def export(project: Project, out: Path | str, fmt: str, *, split: str = "all", c
     return path, len(frame)
 
 
+@functools.lru_cache(maxsize=2)
+def _round_model(checkpoint: str, mtime: float) -> tuple[Any, dict[str, Any], threading.Lock]:
+    """A round's model loaded once (the app explains image after image with the same model), with its lock."""
+    from models.round_model import load_round_model
+
+    model, meta = load_round_model(checkpoint)
+    return model, meta, threading.Lock()
+
+
 def explain(project: Project, image_ids: list[int], *, class_name: str | None = None,
             round_id: int | None = None) -> list[dict[str, Any]]:
     """Grad-CAM++ of the latest (or a given) training round's model for some images: for each, the
     heatmap (S x S in [0, 1]), an overlay PNG at the image's resolution, the explained class and the probabilities."""
     from active.rounds import latest_round
     from models.gradcam import explain_batch, overlay_png
-    from models.round_model import load_round_model
     from store.images import read_grey
 
     if round_id is None:
@@ -146,10 +156,12 @@ def explain(project: Project, image_ids: list[int], *, class_name: str | None = 
         checkpoint = match.iloc[0]["checkpoint"]
     if not checkpoint:
         raise CxrAlError("that round kept no model checkpoint (a probe without a pretrained backbone)")
-    model, meta = load_round_model(checkpoint)
+    model, meta, lock = _round_model(str(checkpoint), Path(checkpoint).stat().st_mtime if Path(checkpoint).exists() else 0.0)
     paths = [project.db.image(int(i))["path"] for i in image_ids]
     targets = None if class_name is None else [project.class_index(class_name)] * len(paths)
-    result = explain_batch(model, paths, targets, image_size=int(meta.get("image_size", project.config["image_size"])))
+    with lock:  # Grad-CAM hooks the model's layers: one explanation at a time per model
+        result = explain_batch(model, paths, targets,
+                               image_size=int(meta.get("image_size", project.config["image_size"])))
     out = []
     for i, path in enumerate(paths):
         grey = read_grey(path)
@@ -168,13 +180,15 @@ def embeddings_stamp(project: Project) -> float | None:
     return path.stat().st_mtime if path.exists() else None
 
 
-def neighbors(project: Project, image_id: int, k: int = 6) -> pd.DataFrame:
-    """The k most similar images in the embedding index, with their current (consensus) labels if any."""
+def neighbors(project: Project, image_id: int, k: int = 6, labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The k most similar images in the embedding index, with their current (consensus) labels if any.
+
+    `labels` (image_id, label), when the caller holds a recent copy, saves recomputing the consensus."""
     from active.rounds import load_index
 
     index = load_index(project)
     ids, scores = index.neighbors(int(image_id), k)
-    labels = export_frame(project)[["image_id", "label"]]
+    labels = (export_frame(project) if labels is None else labels)[["image_id", "label"]]
     frame = pd.DataFrame({"image_id": ids.astype(int), "similarity": scores.astype(float)})
     return frame.merge(labels, on="image_id", how="left")
 

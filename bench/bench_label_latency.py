@@ -37,12 +37,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
+def train_model(project, n_labels: int) -> None:
+    """Pretrain briefly, embed every image, label n_labels pool images outside the queue from the
+    hidden ground truth, and run a probe round: the prediction, overlay and neighbour panels then have
+    real work to do."""
+    from active.rounds import embed, pretrain, train
+
+    # two SimCLR steps: enough for a backbone checkpoint, so the probe round's model can be explained
+    pretrain(project, method="simclr", epochs=1, max_steps=2, batch_size=16, in_child=False, progress=False)
+    embed(project, in_child=False, progress=False)
+    oracle = project.db.oracle_labels().set_index("image_id")["label"]
+    queued = set(project.db.open_queue()["image_id"])
+    pool = [int(i) for i in project.db.images("pool")["id"] if int(i) not in queued]
+    by_class = [[i for i in pool if oracle.loc[i] == c] for c in project.classes]
+    chosen = [ids[k] for k in range(n_labels) for ids in by_class if k < len(ids)][:n_labels]  # round robin
+    for image_id in chosen:
+        project.db.add_label(image_id, oracle.loc[image_id], "lena", source="cli")
+    train(project, mode="probe", in_child=False, progress=False, n_bootstrap=100)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3, help="labels before timing starts (not counted)")
     parser.add_argument("--panels", default="", help=f"panels to switch on: {','.join(PANELS)} (default: none)")
     parser.add_argument("--size", type=int, default=512, help="phantom image side in pixels")
+    parser.add_argument("--with-model", action="store_true",
+                        help="embed the pool and train a probe round first, so the panels have a model and an index")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "label_latency.json")
     args = parser.parse_args()
     wanted = {p for p in args.panels.split(",") if p}
@@ -57,7 +78,10 @@ def main() -> int:
 
     n = args.labels + args.warmup
     with tempfile.TemporaryDirectory(prefix="cxr-al-latency-") as tmp:
-        project = make_labeling_project(Path(tmp), n=int(n / 0.8) + 8, size=args.size, queued=n)
+        extra = 24 if args.with_model else 0  # labeled outside the queue, to train the model the panels show
+        project = make_labeling_project(Path(tmp), n=int((n + extra) / 0.8) + 8, size=args.size, queued=n)
+        if args.with_model:
+            train_model(project, extra)
         port = free_port()
         proc = start_server(project.root, port=port, log=Path(tmp) / "server.log")
         url = f"http://127.0.0.1:{port}"
@@ -88,9 +112,10 @@ def main() -> int:
             proc.terminate()
             proc.wait(timeout=30)
         labels = project.db.current_labels()
-        assert len(labels) == n and set(labels["annotator"]) == {"alice"}, "labels missing in the database"
+        mine = labels[labels["annotator"] == "alice"]
+        assert len(mine) == n, "labels missing in the database"
 
-    result = {"labels": len(latencies), "panels": sorted(wanted), "image_size": args.size,
+    result = {"labels": len(latencies), "panels": sorted(wanted), "image_size": args.size, "with_model": args.with_model,
               "median_ms": statistics.median(latencies), "p95_ms": percentile(latencies, 95),
               "max_ms": max(latencies), "latencies_ms": latencies,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),

@@ -106,7 +106,7 @@ def overlay_png(grey_uint8: np.ndarray, heatmap: np.ndarray, out_path: str | Pat
     rgb = np.repeat(grey[..., None].astype(np.float32) / 255.0, 3, axis=2)
     blended = show_cam_on_image(rgb, heat, use_rgb=True, colormap=COLORMAPS[colormap], image_weight=image_weight)
     buf = io.BytesIO()
-    Image.fromarray(blended, "RGB").save(buf, format="PNG")
+    Image.fromarray(blended, "RGB").save(buf, format="PNG", compress_level=1)  # 5x faster, ~1.3x larger
     data = buf.getvalue()
     if out_path is not None:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,11 @@ The image and its buttons live in a fragment, so a label redraws only that part 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from active import labeling, service
@@ -21,6 +23,7 @@ SESSION_KEY = "label_session"
 MESSAGE_KEY = "label_message"
 ROUND_CHECK_KEY = "label_round_check"
 LATEST_ROUND_KEY = "label_latest_round"
+LABELS_REFRESH_S = 30  # the neighbour panel's view of who labeled what is refreshed this often
 VIEW_DEFAULTS = {"view_brightness": 0, "view_contrast": 1.0, "view_zoom": 1.0, "view_pan_x": 50, "view_pan_y": 50}
 
 
@@ -159,15 +162,29 @@ def _overlay(root: str, round_id: int, image_id: int) -> tuple[bytes, str]:
     return result["overlay_png"], result["class"]
 
 
+@st.cache_data(max_entries=4, show_spinner=False)
+def _labeled_images(root: str, labels_stamp: int) -> pd.DataFrame:
+    """Labeled images (image_id, consensus label, path), recomputed when the labels change."""
+    frame = service.export_frame(service.open_project(root))
+    return frame[["image_id", "label", "path"]].reset_index(drop=True)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _thumbnail(path: str, side: int = 160) -> bytes:
+    """A small PNG of an image (neighbours recur from image to image)."""
+    return viewer.png(viewer.fit(read_grey(path), side))
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def _labeled_neighbours(root: str, index_stamp: float, labels_stamp: int, image_id: int,
                         k: int) -> list[dict[str, Any]]:
     """The k most similar already-labeled images in the FAISS index (recomputed when the index changes)."""
-    project = service.open_project(root)
-    found = service.neighbors(project, image_id, k=max(50, 8 * k))
+    labeled = _labeled_images(root, labels_stamp)
+    found = service.neighbors(service.open_project(root), image_id, k=max(50, 8 * k), labels=labeled)
     found = found[(found["image_id"] != image_id) & found["label"].notna()].head(k)
+    paths = labeled.set_index("image_id")["path"]
     return [{"image_id": int(r.image_id), "label": str(r.label), "similarity": float(r.similarity),
-             "path": project.db.image(int(r.image_id))["path"]} for r in found.itertuples()]
+             "path": str(paths.loc[int(r.image_id)])} for r in found.itertuples()]
 
 
 def _prediction_panel(ls: labeling.LabelingSession, image_id: int, round_id: int | None,
@@ -202,8 +219,9 @@ def _neighbour_panel(ls: labeling.LabelingSession, image_id: int, k: int = 4) ->
     if stamp is None:
         st.caption("No embedding index yet (run `cxr-al embed`).")
         return
-    try:  # the labels join is cached too: refreshed by this annotator's next label or a new index
-        found = _labeled_neighbours(str(ls.project.root), stamp, ls.done, image_id, k)
+    labels_stamp = int(time.time() // LABELS_REFRESH_S)  # everyone's labels, at most this many seconds old
+    try:
+        found = _labeled_neighbours(str(ls.project.root), stamp, labels_stamp, image_id, k)
     except CxrAlError as exc:
         st.caption(f"Unavailable: {exc}")
         return
@@ -213,7 +231,7 @@ def _neighbour_panel(ls: labeling.LabelingSession, image_id: int, k: int = 4) ->
     cols = st.columns(2)
     for j, item in enumerate(found):
         try:
-            thumb = viewer.png(viewer.fit(_pixels(item["path"]), 160))
+            thumb = _thumbnail(item["path"])
         except CxrAlError:
             continue
         cols[j % 2].image(thumb, caption=f"{item['label']} · {item['similarity']:.2f}", width="stretch")

@@ -7,7 +7,14 @@ import re
 
 import pandas as pd
 import pytest
-from browser_steps import explain_failure, press, screenshot, shown_image_id, sign_in, wait_for_other_image
+from browser_steps import (
+    explain_failure,
+    press,
+    screenshot,
+    shown_image_id,
+    sign_in,
+    wait_for_other_image,
+)
 
 pytestmark = pytest.mark.browser
 
