@@ -65,6 +65,20 @@ def current_image(session: LabelingSession) -> dict[str, Any] | None:
     return session.current
 
 
+def upcoming(session: LabelingSession, n: int = 1) -> list[dict[str, Any]]:
+    """The next n candidates (image_id, path), without claiming them: for warming caches (pixels,
+    heatmaps) while the annotator looks at the current image. Another annotator may still take them."""
+    out = []
+    for candidate in list(session.candidates):
+        image_id = candidate["image_id"]
+        if image_id in session.labeled or image_id in session.passed or image_id not in session.paths:
+            continue
+        out.append({"image_id": int(image_id), "path": session.paths[image_id]})
+        if len(out) >= n:
+            break
+    return out
+
+
 def label_current(session: LabelingSession, label: str, *, image_id: int | None = None,
                   seconds_spent: float | None = None) -> int:
     """Label the shown image (committed through record_label, source 'ui'); returns the label id.

@@ -64,6 +64,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512, help="phantom image side in pixels")
     parser.add_argument("--with-model", action="store_true",
                         help="embed the pool and train a probe round first, so the panels have a model and an index")
+    parser.add_argument("--think-ms", type=int, default=0,
+                        help="time the annotator looks at each image before pressing (background work can run)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "label_latency.json")
     args = parser.parse_args()
     wanted = {p for p in args.panels.split(",") if p}
@@ -102,6 +104,8 @@ def main() -> int:
                 image_id = shown_image_id(page)
                 classes = project.classes
                 for k in range(n):
+                    if args.think_ms:
+                        page.wait_for_timeout(args.think_ms)
                     t0 = time.perf_counter()
                     press(page, str(k % len(classes) + 1))
                     image_id = wait_for_other_image(page, image_id)
@@ -116,6 +120,7 @@ def main() -> int:
         assert len(mine) == n, "labels missing in the database"
 
     result = {"labels": len(latencies), "panels": sorted(wanted), "image_size": args.size, "with_model": args.with_model,
+              "think_ms": args.think_ms,
               "median_ms": statistics.median(latencies), "p95_ms": percentile(latencies, 95),
               "max_ms": max(latencies), "latencies_ms": latencies,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),

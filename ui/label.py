@@ -265,6 +265,24 @@ def round_status(ls: labeling.LabelingSession) -> None:
         st.toast(f"Round {latest} finished: suggestions refreshed")
 
 
+def _warm(root: str, items: list[dict[str, Any]], round_id: int | None) -> None:
+    """Decode the next images (and compute their overlays) into the caches the page reads."""
+    for item in items:
+        try:
+            _pixels(item["path"])
+            if round_id is not None:
+                _overlay(root, int(round_id), int(item["image_id"]))
+        except Exception:  # noqa: BLE001 - a warm-up failure shows (with its reason) when the image is shown
+            pass
+
+
+def _prefetch(ls: labeling.LabelingSession, overlay_round: int | None) -> None:
+    """Warm the caches for the next image in a background thread, after this one is drawn."""
+    items = labeling.upcoming(ls, 1)
+    if items:
+        threading.Thread(target=_warm, args=(str(ls.project.root), items, overlay_round), daemon=True).start()
+
+
 @st.fragment
 def labeling_panel(ls: labeling.LabelingSession, panels: dict[str, bool]) -> None:
     """The image, its context and the label buttons; reruns alone after each key press."""
@@ -308,6 +326,7 @@ def labeling_panel(ls: labeling.LabelingSession, panels: dict[str, bool]) -> Non
             else:
                 st.image(viewer.png(viewer.render_view(pixels, **view)), width="stretch",
                          alt=f"chest radiograph, image {image_id}")
+    _prefetch(ls, st.session_state.get(LATEST_ROUND_KEY) if panels["overlay"] else None)
     if st.session_state.pop(ROUND_CHECK_KEY, False):  # after drawing: never delays the next image
         threading.Thread(target=labeling.start_round_if_due, args=(ls.project,), daemon=True).start()
 

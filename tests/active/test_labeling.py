@@ -133,3 +133,19 @@ def test_undo_shows_the_image_again_and_a_stale_key_press_is_refused(project):
     assert labeling.undo_last_label(labeling.start_labeling(project, "nobody")) is None
     with pytest.raises(CxrAlError, match="unknown class|not a class|class"):
         labeling.label_current(ls, "Pneumothorax")
+
+
+def test_upcoming_is_what_comes_next_and_claims_nothing(project):
+    pool = project.db.images("pool")["id"].tolist()
+    queue(project, pool[2:5])
+    ls = labeling.start_labeling(project, "alice")
+    first = labeling.current_image(ls)
+    ahead = labeling.upcoming(ls, 2)
+    assert first["image_id"] == pool[2] and [a["image_id"] for a in ahead] == pool[3:5]
+    assert all(a["path"] for a in ahead)
+    open_entries = project.db.open_queue()
+    claimed = open_entries[open_entries["annotator"] == "alice"]
+    assert claimed["image_id"].tolist() == [pool[2]]  # only the shown one is claimed
+    labeling.skip_current(ls)
+    assert labeling.current_image(ls)["image_id"] == ahead[0]["image_id"]
+    assert pool[2] not in [a["image_id"] for a in labeling.upcoming(ls, 10)]
