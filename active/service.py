@@ -213,3 +213,49 @@ def export_download(project: Project, fmt: str, *, split: str = "all", classes: 
         if fmt == "imagefolder":
             path = Path(shutil.make_archive(str(Path(tmp) / "archive"), "zip", root_dir=tmp, base_dir=stem))
         return path.read_bytes()
+
+
+POLICY_LIMITS = {"train_every": (0, 100_000), "batch_size": (1, 1_000), "epochs": (1, 1_000)}
+
+
+def update_round_policy(project: Project, actor: str, *, train_every: int | None = None, mode: str | None = None,
+                        strategy: str | None = None, batch_size: int | None = None, epochs: int | None = None,
+                        double_read_fraction: float | None = None) -> dict[str, Any]:
+    """Change the round policy (and the double-read fraction) in project.yaml, written atomically; every
+    value is checked before anything is written, and the change is logged with who made it. Returns the
+    new policy (with double_read_fraction)."""
+    from active.strategies import STRATEGIES
+
+    actor = validate_annotator(actor)
+    policy = dict(project.round_policy)
+    changes: dict[str, Any] = {}
+    for key, value in (("train_every", train_every), ("batch_size", batch_size), ("epochs", epochs)):
+        if value is None:
+            continue
+        low, high = POLICY_LIMITS[key]
+        if isinstance(value, bool) or int(value) != value or not low <= int(value) <= high:
+            raise CxrAlError(f"{key} must be a whole number from {low} to {high}, got {value!r}")
+        changes[key] = int(value)
+    if mode is not None:
+        if mode not in ("probe", "finetune"):
+            raise CxrAlError(f"mode must be probe or finetune, got {mode!r}")
+        changes["mode"] = mode
+    if strategy is not None:
+        if strategy not in STRATEGIES:
+            raise CxrAlError(f"unknown query strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+        changes["strategy"] = strategy
+    fraction = project.config.get("double_read_fraction", 0.0)
+    if double_read_fraction is not None:
+        if not 0.0 <= float(double_read_fraction) <= 1.0:
+            raise CxrAlError(f"double_read_fraction must be between 0 and 1, got {double_read_fraction!r}")
+        fraction = float(double_read_fraction)
+    before = {**policy, "double_read_fraction": project.config.get("double_read_fraction", 0.0)}
+    policy.update(changes)
+    project.config["round_policy"] = policy
+    project.config["double_read_fraction"] = fraction
+    project.save_config()
+    after = {**policy, "double_read_fraction": fraction}
+    changed = {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v}
+    if changed:
+        project.db.log_event("round_policy_changed", actor, changes=changed)
+    return after

@@ -96,6 +96,40 @@ def _round_status(project: service.Project) -> None:
         st.code(tail, language=None)
 
 
+def _policy_form(project: service.Project, user: dict[str, str]) -> None:
+    """The round policy and double-read fraction, editable by leads and admins (written to project.yaml)."""
+    from active.strategies import STRATEGIES
+
+    policy = project.round_policy
+    with st.expander("Round policy"), st.form("dash_policy"):
+        c1, c2, c3 = st.columns(3)
+        train_every = c1.number_input("Train after this many new labels (0: on demand only)", 0, 100_000,
+                                      int(policy.get("train_every") or 0), step=5, key="dash_policy_train_every")
+        modes = ["probe", "finetune"]
+        mode = c2.selectbox("Mode", modes, index=modes.index(policy["mode"]) if policy["mode"] in modes else 0, key="dash_policy_mode",
+                            help="probe: logistic regression on the SSL embeddings (seconds on a CPU); "
+                                 "finetune: the backbone end to end (minutes; a GPU helps)")
+        epochs = c3.number_input("Fine-tuning epochs", 1, 1_000, int(policy.get("epochs") or 10), key="dash_policy_epochs")
+        names = list(STRATEGIES)
+        strategy = c1.selectbox("Query strategy", names,
+                                index=names.index(policy["strategy"]) if policy["strategy"] in names else 0,
+                                key="dash_policy_strategy")
+        batch_size = c2.number_input("Suggestions per batch", 1, 1_000, int(policy.get("batch_size") or 16), key="dash_policy_batch")
+        double_read = c3.slider("Double-read fraction", 0.0, 1.0,
+                                float(project.config.get("double_read_fraction", 0.0)), step=0.05, key="dash_policy_double",
+                                help="Share of each batch also sent to a second reader, to measure agreement")
+        if st.form_submit_button("Save policy", key="dash_policy_save"):
+            try:
+                service.update_round_policy(project, user["name"], train_every=int(train_every), mode=mode,
+                                            strategy=strategy, batch_size=int(batch_size), epochs=int(epochs),
+                                            double_read_fraction=float(double_read))
+            except CxrAlError as exc:
+                st.session_state[MESSAGE_KEY] = f":orange[Not saved: {exc}]"
+            else:
+                st.session_state[MESSAGE_KEY] = "Round policy saved."
+            st.rerun()
+
+
 def _training_panel(project: service.Project, user: dict[str, str], history: pd.DataFrame) -> None:
     """'Train now' for those who may train, and a status panel that polls while something runs."""
     st.session_state[ROUNDS_SEEN_KEY] = _rounds_seen(history)
@@ -108,6 +142,8 @@ def _training_panel(project: service.Project, user: dict[str, str], history: pd.
         every = int(policy.get("train_every") or 0)
         st.caption(f"Round policy: {policy['mode']}, " +
                    (f"a round every {every} new labels" if every > 0 else "rounds on demand only"))
+    if can(user["role"], "configure_rounds"):
+        _policy_form(project, user)
     message = st.session_state.pop(MESSAGE_KEY, None)
     if message:
         st.markdown(message)

@@ -225,3 +225,35 @@ def test_pages_on_a_new_project_explain_what_is_missing(tmp_path, monkeypatch) -
     for view in ("Least confident", "Class gallery", "Confusion matrix", "Image history"):
         at.radio(key="review_view").set_value(view).run()
         assert not at.exception, view
+
+
+def test_lead_changes_the_round_policy_and_it_is_logged(project) -> None:
+    proj, _ = project
+    at = _page(DASHBOARD, "lena")
+    at.number_input(key="dash_policy_train_every").set_value(40)
+    at.selectbox(key="dash_policy_mode").set_value("finetune")
+    at.selectbox(key="dash_policy_strategy").set_value("entropy")
+    at.slider(key="dash_policy_double").set_value(0.25)
+    at.button(key="dash_policy_save").click().run()
+    assert not at.exception
+    assert "Round policy saved." in _texts(at.markdown)
+    saved = open_project(proj.root)
+    assert saved.round_policy["train_every"] == 40 and saved.round_policy["mode"] == "finetune"
+    assert saved.round_policy["strategy"] == "entropy" and saved.config["double_read_fraction"] == 0.25
+    assert "a round every 40 new labels" in _texts(at.caption)
+    event = proj.db.events("round_policy_changed")
+    assert event["actor"].tolist() == ["lena"]
+
+
+def test_bad_round_policy_values_change_nothing(project) -> None:
+    from active.service import update_round_policy
+    from store.errors import CxrAlError
+
+    proj, _ = project
+    before = (proj.root / "project.yaml").read_text()
+    for bad in ({"train_every": -1}, {"mode": "magic"}, {"strategy": "guess"}, {"batch_size": 0},
+                {"double_read_fraction": 1.5}, {"train_every": 10, "epochs": 2.5}):
+        with pytest.raises(CxrAlError):
+            update_round_policy(proj, "lena", **bad)
+    assert (proj.root / "project.yaml").read_text() == before
+    assert proj.db.events("round_policy_changed").empty
