@@ -67,8 +67,9 @@ def explain_batch(model: nn.Module, images: torch.Tensor | Sequence[str | Path],
     if class_indices is not None and len(class_indices) != n:
         raise ValueError(f"{len(class_indices)} class indices for {n} images")
     was_training = model.training
+    home = next(model.parameters()).device
     if device is not None:
-        model = model.to(device)
+        model = model.to(device)  # pytorch-grad-cam moves the inputs to the model's device
     heatmaps, classes, probs = [], [], []
     # not `with GradCAMPlusPlus(...)`: its __exit__ swallows IndexError (e.g. a class index out of range)
     cam = GradCAMPlusPlus(model=model, target_layers=[cam_target_layer(model)])  # sets eval mode
@@ -87,6 +88,7 @@ def explain_batch(model: nn.Module, images: torch.Tensor | Sequence[str | Path],
     finally:
         cam.activations_and_grads.release()
         model.train(was_training)
+        model.to(home)  # the caller's model stays where it was
     return Explanations(np.concatenate(heatmaps), np.concatenate(classes), np.concatenate(probs))
 
 
