@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import normalize
+from sklearn.preprocessing import StandardScaler, normalize
 from torch import nn
 from torch.nn import functional as F
 
@@ -42,10 +42,16 @@ class ProbeModel:
     feature_dim: int
     seen: np.ndarray  # class indices that had labels, ascending (= lr.classes_)
     lr: LogisticRegression | None
+    scaler: StandardScaler | None = None  # per-feature standardisation of the L2-normalised embeddings
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """What the logistic regression sees: L2-normalised embeddings, standardised per feature."""
+        x = normalize(np.asarray(x, dtype=np.float64))
+        return x if self.scaler is None else self.scaler.transform(x)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """(N, n_classes) probabilities, rows summing to 1; classes never labelled get 0."""
-        x = normalize(np.asarray(x, dtype=np.float64))
+        x = self.features(x)
         out = np.zeros((x.shape[0], self.n_classes), dtype=np.float64)
         if self.lr is None:
             out[:, self.seen[0]] = 1.0
@@ -62,6 +68,9 @@ class ProbeModel:
             if len(self.seen) == 2:  # binary LR: p(second) = sigmoid(w.x + b) = softmax([0, w.x + b])
                 w_seen = np.vstack([np.zeros_like(w_seen), w_seen])
                 b_seen = np.concatenate([[0.0], b_seen])
+            if self.scaler is not None:  # fold (x - mean) / scale into the linear layer
+                w_seen = w_seen / self.scaler.scale_
+                b_seen = b_seen - w_seen @ self.scaler.mean_
         weight = np.zeros((self.n_classes, self.feature_dim))
         weight[self.seen] = w_seen
         # |w.x| <= ||w|| for unit x, so this bias keeps unseen classes MARGIN below any seen logit
@@ -75,9 +84,15 @@ class ProbeModel:
         return ProbeHead(*self.logit_parameters())
 
 
-def fit_probe(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, C: float = 1.0,
+def fit_probe(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, C: float = 0.1,
               class_weight: str | dict | None = "balanced", seed: int = 0) -> ProbeModel:
-    """Fit multinomial logistic regression (lbfgs) on L2-normalised embeddings of the labelled images."""
+    """Fit multinomial logistic regression (lbfgs) on L2-normalised embeddings of the labelled images,
+    standardised per feature (mean and scale of the labelled images).
+
+    SSL embeddings share one dominant direction (mean pairwise cosine ~0.86 on radiography2), so on raw
+    unit vectors a regularised probe sees tiny feature variances. Standardising first, with C=0.1,
+    raised the radiography2 test macro-AUC from 0.85 to 0.92 with all labels and from 0.76 to 0.81
+    with 24 (docs/benchmarks.md)."""
     x = normalize(np.asarray(train_x, dtype=np.float64))
     y = np.asarray(train_y, dtype=np.int64).ravel()
     if x.shape[0] != y.size or x.shape[0] == 0:
@@ -88,6 +103,7 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, C: float
     if seen.size == 1:  # LogisticRegression needs two classes; one label class predicts itself
         return ProbeModel(n_classes, x.shape[1], seen, None)
     # lbfgs with more than two classes is the multinomial (softmax) model in scikit-learn >= 1.5
+    scaler = StandardScaler().fit(x)  # a feature constant over the labels gets scale 1, not a division by 0
     lr = LogisticRegression(C=C, class_weight=class_weight, solver="lbfgs", max_iter=5000, random_state=seed)
-    lr.fit(x, y)
-    return ProbeModel(n_classes, x.shape[1], seen, lr)
+    lr.fit(scaler.transform(x), y)
+    return ProbeModel(n_classes, x.shape[1], seen, lr, scaler)
