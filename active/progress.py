@@ -287,12 +287,6 @@ def running_rounds(project: Project) -> pd.DataFrame:
     return history[history["status"] == "running"].reset_index(drop=True)
 
 
-def failed_rounds(project: Project) -> pd.DataFrame:
-    """Failed rounds, newest first, with their errors."""
-    history = round_history(project)
-    return history[history["status"] == "failed"].reset_index(drop=True)
-
-
 def start_training_now(project: Project, actor: str) -> int:
     """Start a training round now, whatever the round policy, in a detached `cxr-al train` process; its pid.
 

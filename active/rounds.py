@@ -228,11 +228,8 @@ def train(project: Project, *, mode: str | None = None, epochs: int | None = Non
 
 def labels_since_last_train(project: Project) -> int:
     """Labeled images added since the last successful training round started."""
-    current = labeled_set(project.db, split="pool")
     last = latest_round(project, "train")
-    if last is None:
-        return int(len(current))
-    return int((current["first_labeled_at"] > last["started_at"]).sum())
+    return project.db.count_labeled_since(None if last is None else last["started_at"], split="pool")
 
 
 def _process_alive(pid: int) -> bool:

@@ -377,6 +377,16 @@ class ProjectDB:
                    FROM labels l JOIN images i ON i.id = l.image_id
                    WHERE l.superseded_by IS NULL ORDER BY l.id""").df()
 
+    def count_labeled_since(self, since: Any = None, split: str = "pool") -> int:
+        """Images of a split whose first current label came after `since` (every labeled one when None):
+        what the round policy counts, in one query (it runs after every label)."""
+        with self.read() as con:
+            return int(con.execute(
+                """SELECT count(*) FROM (
+                       SELECT min(l.created_at) AS first FROM labels l JOIN images i ON i.id = l.image_id
+                       WHERE l.superseded_by IS NULL AND i.split = ? GROUP BY l.image_id)
+                   WHERE ?::TIMESTAMP IS NULL OR first > ?::TIMESTAMP""", [split, since, since]).fetchone()[0])
+
     def label_history(self, image_id: int | None = None) -> pd.DataFrame:
         """All labels ever given, superseded ones included (for audit and review)."""
         with self.read() as con:

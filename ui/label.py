@@ -169,12 +169,6 @@ def _labeled_images(root: str, labels_stamp: int) -> pd.DataFrame:
     return frame[["image_id", "label", "path"]].reset_index(drop=True)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def _thumbnail(path: str, side: int = 160) -> bytes:
-    """A small PNG of an image (neighbours recur from image to image)."""
-    return viewer.png(viewer.fit(read_grey(path), side))
-
-
 @st.cache_data(max_entries=64, show_spinner=False)
 def _labeled_neighbours(root: str, index_stamp: float, labels_stamp: int, image_id: int,
                         k: int) -> list[dict[str, Any]]:
@@ -231,7 +225,7 @@ def _neighbour_panel(ls: labeling.LabelingSession, image_id: int, k: int = 4) ->
     cols = st.columns(2)
     for j, item in enumerate(found):
         try:
-            thumb = _thumbnail(item["path"])
+            thumb = viewer.thumbnail(item["path"], 160)
         except CxrAlError:
             continue
         cols[j % 2].image(thumb, caption=f"{item['label']} · {item['similarity']:.2f}", width="stretch")

@@ -17,7 +17,6 @@ from PIL import Image
 
 from active import progress, service
 from store.errors import CxrAlError
-from store.images import read_grey
 from ui import session, viewer
 
 PAGE_SIZE = 6
@@ -27,12 +26,6 @@ MAX_OVERLAYS = 512  # per round, about 100 KB each
 MESSAGE_KEY = "review_message"
 ALL = "(all annotators)"
 VIEWS = ("Disagreements", "Least confident", "Class gallery", "Confusion matrix", "Image history")
-
-
-@st.cache_data(max_entries=256, show_spinner=False)
-def _thumbnail(path: str, side: int = THUMBNAIL_SIDE) -> bytes:
-    """A small PNG of an image for a gallery card."""
-    return viewer.png(viewer.fit(read_grey(path), side))
 
 
 @st.cache_resource(show_spinner=False)
@@ -91,7 +84,7 @@ def _picture(item: pd.Series, overlay: bytes | None) -> tuple[bytes | None, str 
     if overlay is not None:
         return overlay, None
     try:
-        return _thumbnail(str(item["path"])), None
+        return viewer.thumbnail(str(item["path"]), THUMBNAIL_SIDE), None
     except CxrAlError as exc:
         return None, f"image cannot be shown: {exc}"
 

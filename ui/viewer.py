@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import streamlit as st
 from PIL import Image
+
+from store.images import read_grey
 
 MAX_DISPLAY_SIDE = 1024  # the browser gets at most this many pixels on the long side
 
@@ -52,3 +55,9 @@ def png(grey: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(grey)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def thumbnail(path: str, side: int) -> bytes:
+    """A small PNG of an image file (gallery cards, neighbour panels), kept for the images seen lately."""
+    return png(fit(read_grey(path), side))

@@ -181,7 +181,7 @@ def test_round_history_with_failed_round_and_running_rounds(proj) -> None:
     project, _ = proj
     history = progress.round_history(project)
     assert history["round_id"].tolist() == [6, 5, 4, 3, 2, 1]  # newest first
-    failed = progress.failed_rounds(project)
+    failed = history[history["status"] == "failed"]
     assert failed["round_id"].tolist() == [3]
     assert "CUDA out of memory" in failed["error"].iloc[0] and failed["model"].iloc[0].startswith("finetune")
     row = history.set_index("round_id").loc[5]
