@@ -43,8 +43,12 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     if args.n < 4:
         raise CxrAlError("--n must be at least 4 (one image per class)")
-    with progress_bar("phantoms", total=args.n) as (advance, _):
-        out = write_phantom_dataset(args.out_dir, n=args.n, seed=args.seed, size=args.size, progress=advance)
+    try:
+        with progress_bar("phantoms", total=args.n) as (advance, _):
+            out = write_phantom_dataset(args.out_dir, n=args.n, seed=args.seed, size=args.size, progress=advance,
+                                        lesion_strength=tuple(args.lesion_strength))
+    except ValueError as exc:
+        raise CxrAlError(str(exc)) from exc
     print(f"wrote {args.n} phantom radiographs to {out / 'images'}, masks to {out / 'masks'}, "
           f"labels to {out / 'labels.csv'}")
     return 0
@@ -341,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=400, help="number of images (default 400)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument("--lesion-strength", type=float, nargs=2, default=[0.35, 1.0], metavar=("LOW", "HIGH"),
+                   help="range each lesion's opacity is drawn from, 1 = reference (default 0.35 1.0: obvious to "
+                        "subtle); e.g. 1.5 3 for easy data")
 
     p = add("init", cmd_init, "Create a labeling project (database and project.yaml).")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")

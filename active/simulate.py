@@ -98,6 +98,9 @@ def run_strategy(data: SimulationData, strategy: str, seed: int, initial: int, s
         t0 = time.perf_counter()
         pool_probs, test_probs = _fit_predict(data, labeled, seed)
         point = {"strategy": strategy, "seed": seed, "labels": int(labeled.sum()), **_score(data, test_probs)}
+        # how many images of each class the strategy has had labeled: rare findings found per label
+        found = np.bincount(data.pool_y[labeled], minlength=len(data.classes))
+        point.update({f"labeled_{name}": int(count) for name, count in zip(data.classes, found)})
         point["fit_seconds"] = time.perf_counter() - t0
         points.append(point)
         if on_point:

@@ -19,6 +19,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 PHANTOM_CLASSES = ("Normal", "Consolidation", "GroundGlass", "Interstitial")
+DEFAULT_LESION_STRENGTH = (0.35, 1.0)
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,17 @@ def _blob(rng, x, y, cx, cy, r, size, sigma_frac=0.06):
     return _smooth_step(d - 1.0 - 0.35 * field, 0.25)
 
 
-def render_phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one phantom of class `label`; returns (uint8 pixels, bool lesion mask)."""
+def render_phantom(label: str, size: int, rng: np.random.Generator,
+                   lesion_strength: tuple[float, float] = DEFAULT_LESION_STRENGTH) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one phantom of class `label`; returns (uint8 pixels, bool lesion mask).
+
+    Each lesion's strength is drawn uniformly from `lesion_strength` (1 = the reference opacity of
+    its pattern): the default mixes obvious and subtle findings; larger values make easy data."""
     if label not in PHANTOM_CLASSES:
         raise ValueError(f"unknown phantom class {label!r}; choose from {PHANTOM_CLASSES}")
+    low, high = lesion_strength
+    if not 0.0 < low <= high:
+        raise ValueError(f"lesion_strength must be (low, high) with 0 < low <= high, got {lesion_strength}")
     # separate streams: the same seed gives the same patient and detector whatever the lesion
     rng, lesion_rng, detector_rng = rng.spawn(3)
     lin = np.linspace(-1.0, 1.0, size)
@@ -100,7 +108,7 @@ def render_phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.
 
     lung_core = lungs > 0.5
     lesion = np.zeros_like(img)
-    strength = lesion_rng.uniform(0.35, 1.0)  # some findings are subtle
+    strength = lesion_rng.uniform(low, high)  # some findings are subtle
     if label == "Consolidation":
         side = lesion_rng.choice([-1.0, 1.0])
         cx = side * lesion_rng.uniform(0.28, 0.46)
@@ -138,25 +146,27 @@ def render_phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.
     return pixels, mask
 
 
-def iter_phantoms(n: int, seed: int = 0, size: int = 256, classes=PHANTOM_CLASSES) -> Iterator[Phantom]:
+def iter_phantoms(n: int, seed: int = 0, size: int = 256, classes=PHANTOM_CLASSES,
+                  lesion_strength: tuple[float, float] = DEFAULT_LESION_STRENGTH) -> Iterator[Phantom]:
     """Yield n phantoms with classes balanced and shuffled; the same seed gives the same images."""
     classes = tuple(classes)
     order = np.random.default_rng(seed).permutation(np.arange(n) % len(classes))
     for i in range(n):
         label = classes[order[i]]
         rng = np.random.default_rng([seed, i])
-        pixels, mask = render_phantom(label, size, rng)
+        pixels, mask = render_phantom(label, size, rng, lesion_strength)
         yield Phantom(f"ph{seed:03d}-{i:05d}", label, pixels, mask)
 
 
 def write_phantom_dataset(out_dir: Path | str, n: int = 400, seed: int = 0, size: int = 256,
-                          progress=None) -> Path:
+                          progress=None, lesion_strength: tuple[float, float] = DEFAULT_LESION_STRENGTH,
+                          classes=PHANTOM_CLASSES) -> Path:
     """Write phantoms as OUT/images/<class>/<id>.png, OUT/masks/<id>.png and OUT/labels.csv."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rows = []
-    for ph in iter_phantoms(n, seed=seed, size=size):
+    for ph in iter_phantoms(n, seed=seed, size=size, classes=classes, lesion_strength=lesion_strength):
         rel = f"{ph.label}/{ph.image_id}.png"
         (out / "images" / ph.label).mkdir(exist_ok=True)
         Image.fromarray(ph.pixels, "L").save(out / "images" / rel)

@@ -391,3 +391,18 @@ def test_every_strategy_returns_a_well_formed_batch(name: str, pool: tuple[Query
     whole = STRATEGIES[name](inputs, inputs.n, seed)
     if near_duplicate_free(inputs.embeddings, whole.indices, np.flatnonzero(inputs.labeled), 0.98).sum() >= budget:
         assert near_duplicate_free(inputs.embeddings, deduped.indices, np.flatnonzero(inputs.labeled), 0.98).all()
+
+
+def test_near_duplicates_are_judged_around_the_pool_mean() -> None:
+    """Embeddings that share one dominant direction (as SSL and untrained-backbone embeddings do) have raw
+    cosines above 0.98 between distinct images; only a true copy may count as a duplicate."""
+    rng = np.random.default_rng(3)
+    emb = unit(np.array([30.0] + [0.0] * 15) + rng.standard_normal((40, 16)))  # distinct rows, raw cosine ~0.98
+    emb[5] = unit(emb[4] + 1e-4 * rng.standard_normal((1, 16)))[0]  # row 5: a copy of row 4
+    raw = emb[:10] @ emb[:10].T
+    assert (raw[np.triu_indices(10, 1)] > 0.98).mean() > 0.5  # a raw threshold would call them duplicates
+    keep = near_duplicate_free(emb, np.arange(10), np.array([20]), 0.98)
+    assert keep.tolist() == [True] * 5 + [False] + [True] * 4
+    probs = np.full((40, 2), 0.5)
+    batch = select("random", QueryInputs(labeled=np.zeros(40, bool), embeddings=emb, probs=probs), 39, seed=1)
+    assert not ({4, 5} <= set(batch.indices.tolist()))  # the pool has 39 distinct images: the copy stays out

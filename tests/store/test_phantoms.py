@@ -52,3 +52,24 @@ def test_dataset_layout(tmp_path) -> None:
     rel, label = rows[1].split(",")
     assert (out / "images" / rel).is_file() and rel.split("/")[0] == label
     assert (out / "masks" / (rel.split("/")[1])).is_file()
+
+
+def test_lesion_strength_scales_the_finding_and_is_validated() -> None:
+    import pytest
+
+    from store.phantoms import render_phantom
+
+    normal, _ = render_phantom("Consolidation", 96, np.random.default_rng(3), lesion_strength=(1e-6, 1e-6))
+    weak, mask = render_phantom("Consolidation", 96, np.random.default_rng(3), lesion_strength=(0.5, 0.5))
+    strong, _ = render_phantom("Consolidation", 96, np.random.default_rng(3), lesion_strength=(2.0, 2.0))
+    gain_weak = np.abs(weak.astype(int) - normal)[mask].mean()
+    gain_strong = np.abs(strong.astype(int) - normal)[mask].mean()
+    assert gain_strong > 2.5 * gain_weak > 0
+    with pytest.raises(ValueError, match="lesion_strength"):
+        render_phantom("Normal", 32, np.random.default_rng(0), lesion_strength=(1.0, 0.5))
+
+
+def test_dataset_with_a_subset_of_classes(tmp_path) -> None:
+    out = write_phantom_dataset(tmp_path, n=6, seed=2, size=32, classes=("Normal", "GroundGlass"))
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["GroundGlass", "Normal"]
+    assert len(list((out / "images").rglob("*.png"))) == 6
