@@ -100,7 +100,7 @@ def run_strategy(data: SimulationData, strategy: str, seed: int, initial: int, s
         point = {"strategy": strategy, "seed": seed, "labels": int(labeled.sum()), **_score(data, test_probs)}
         # how many images of each class the strategy has had labeled: rare findings found per label
         found = np.bincount(data.pool_y[labeled], minlength=len(data.classes))
-        point.update({f"labeled_{name}": int(count) for name, count in zip(data.classes, found)})
+        point.update({f"labeled_{name}": int(count) for name, count in zip(data.classes, found, strict=True)})
         point["fit_seconds"] = time.perf_counter() - t0
         points.append(point)
         if on_point:
