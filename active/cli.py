@@ -164,7 +164,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     result = pretrain(open_project(args.project_dir), method=args.method, backbone=args.backbone, init=args.init,
                       epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                       device=args.device, resume=args.resume, seed=args.seed, max_steps=args.max_steps,
-                      allow_download=args.download_weights)
+                      allow_download=args.download_weights, augment=args.augment)
     losses = result["losses"]
     print(f"pretrained {args.method} round {result['round_id']}: {len(losses)} epochs, final loss "
           f"{losses[-1]:.4f}, {result['images_per_second']:.1f} images/s on {result['device']}; "
@@ -406,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help="default: the project's image size")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue the last interrupted run")
+    p.add_argument("--augment", default="default", choices=["default", "gentle"],
+                   help="view settings: default, or gentle (large crops, little exposure change) for subtle "
+                        "local findings")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     p.add_argument("--download-weights", action="store_true", help="allow downloading ImageNet weights")
     p.add_argument("--seed", type=int, default=0)

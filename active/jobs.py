@@ -31,13 +31,15 @@ class JobFailed(CxrAlError):
 
 # ----------------------------------------------------------------------------- tasks
 def _pretrain(spec: dict[str, Any], out: Path) -> dict[str, Any]:
+    from models.augment import augment_preset
     from models.ssl import pretrain
 
     result = pretrain(spec["paths"], out, method=spec["method"], backbone=spec["backbone"], init=spec["init"],
                       epochs=spec["epochs"], batch_size=spec["batch_size"], image_size=spec["image_size"],
                       device=spec["device"], resume=spec.get("resume", False), seed=spec.get("seed", 0),
                       progress=spec.get("progress", True), max_steps=spec.get("max_steps"),
-                      allow_download=spec.get("allow_download", False))
+                      allow_download=spec.get("allow_download", False),
+                      augment=augment_preset(spec.get("augment", "default")))
     return {"checkpoint": str(result.checkpoint), "losses": [float(x) for x in result.losses],
             "images_per_second": float(result.images_per_second), "device": str(result.device),
             "seconds": float(result.wall_seconds)}

@@ -58,15 +58,19 @@ def _recorded(project: Project, kind: str, params: dict[str, Any], spec: dict[st
 def pretrain(project: Project, *, method: str = "simclr", backbone: str | None = None, init: str = "random",
              epochs: int = 10, batch_size: int = 64, image_size: int | None = None, device: str = "auto",
              resume: bool = False, seed: int = 0, max_steps: int | None = None, in_child: bool = True,
-             progress: bool = True, allow_download: bool = False) -> dict[str, Any]:
-    """SSL-pretrain a backbone on every image of the project (labels are not used)."""
+             progress: bool = True, allow_download: bool = False, augment: str = "default") -> dict[str, Any]:
+    """SSL-pretrain a backbone on every image of the project (labels are not used); `augment` names the
+    view settings (models.augment.AUGMENT_PRESETS)."""
+    from models.augment import augment_preset
+
+    augment_preset(augment)  # an unknown name fails here, before a round is recorded
     images = project.db.images()
     if images.empty:
         raise CxrAlError("the project has no images yet; run `cxr-al ingest` first")
     backbone = backbone or project.config.get("backbone", "resnet18")
     image_size = image_size or int(project.config["image_size"])
     params = {"method": method, "backbone": backbone, "init": str(init), "epochs": epochs, "batch_size": batch_size,
-              "image_size": image_size, "device": device, "seed": seed}
+              "image_size": image_size, "device": device, "seed": seed, "augment": augment}
     spec = {"task": "pretrain", "paths": images["path"].tolist(), "resume": resume, "max_steps": max_steps,
             "progress": progress, "allow_download": allow_download, **params}
 

@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--method", default="simclr")
     parser.add_argument("--init", default="random", help="random | imagenet | PATH (pretraining init)")
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--augment", default="default", help="SSL view settings: default | gentle")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--initial", type=int, default=20)
@@ -68,7 +69,7 @@ def main() -> None:
                             "duplicates": len(rep.duplicates), "skipped": len(rep.skipped)}
     if latest_round(project, "pretrain") is None:
         pretrain(project, method=args.method, init=args.init, epochs=args.epochs, batch_size=args.batch_size,
-                 image_size=args.image_size, seed=0)
+                 image_size=args.image_size, seed=0, augment=args.augment)
     pre = latest_round(project, "pretrain")
     report["pretrain"] = {k: pre["metrics"].get(k) for k in ("images_per_second", "final_loss", "seconds", "device")}
     emb_round = project.db.rounds("embed")

@@ -27,7 +27,8 @@ def looped(tmp_path_factory):
     data = write_phantom_dataset(root / "data", n=48, seed=5, size=64)
     project = init_project(root / "project", list(PHANTOM_CLASSES), image_size=64)
     ingest_folder(project.db, data / "images", project.classes, labels_from="folders", test_fraction=0.25, seed=0)
-    pretrain(project, method="simclr", epochs=1, batch_size=16, max_steps=2, in_child=True, progress=False)
+    pretrain(project, method="simclr", epochs=1, batch_size=16, max_steps=2, in_child=True, progress=False,
+             augment="gentle")
     embed(project, in_child=False, progress=False)
     return project
 
@@ -38,6 +39,7 @@ def test_pretrain_and_embed_are_recorded(looped) -> None:
     assert info["index"]["size"] == 48 and info["index"]["type"]
     run = latest_round(looped, "pretrain")
     assert run["status"] == "done" and run["checkpoint"].endswith(".pt")
+    assert run["params"]["augment"] == "gentle"
     assert np.isfinite(run["metrics"]["final_loss"])
     assert embed(looped, in_child=False, progress=False)["count"] == 0  # nothing new to embed
 

@@ -74,3 +74,15 @@ def test_bad_settings_are_user_errors(bad):
 def test_unknown_method_is_a_user_error():
     with pytest.raises(CxrAlError, match="unknown SSL method"):
         ssl_transform("mae", 32)
+
+
+def test_presets_are_valid_and_unknown_names_are_refused() -> None:
+    from active.cli import build_parser
+    from models.augment import AUGMENT_PRESETS, augment_preset
+
+    assert augment_preset("gentle").min_scale > augment_preset("default").min_scale
+    with pytest.raises(CxrAlError, match="gentle"):
+        augment_preset("strong")
+    pretrain_cmd = build_parser()._subparsers._group_actions[0].choices["pretrain"]
+    choices = next(a.choices for a in pretrain_cmd._actions if a.dest == "augment")
+    assert list(choices) == list(AUGMENT_PRESETS)  # the CLI offers every preset, and only those
