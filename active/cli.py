@@ -218,12 +218,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from active.simulate import project_for_simulation, simulate
+    from active.simulate import DEFAULT_STRATEGIES, project_for_simulation, simulate
 
     project = project_for_simulation(args.source, Path(args.out), checkpoint=args.checkpoint, init=args.init,
                                      pretrain_epochs=args.pretrain_epochs, test_fraction=args.test_fraction,
                                      image_size=args.image_size, seed=args.seed)
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    strategies = [s.strip() for s in (args.strategies or ",".join(DEFAULT_STRATEGIES)).split(",") if s.strip()]
     with progress_bar("simulate", unit="fit") as (advance, _):
         result = simulate(project, args.out, strategies=strategies, seeds=args.seeds, initial=args.initial,
                           step=args.step, budget=args.budget, mode=args.mode, metric=args.metric,
@@ -447,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("simulate", cmd_simulate, "Oracle simulation: label-efficiency curves of query strategies.")
     p.add_argument("source", type=Path, metavar="IMAGES_DIR|PROJECT_DIR")
-    p.add_argument("--strategies", default="random,entropy,margin,coreset,typiclust,badge,hybrid")
+    p.add_argument("--strategies", default=None,
+                   help="comma-separated (default: random,entropy,margin,coreset,typiclust,probcover,badge,hybrid)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--initial", type=int, default=20)
     p.add_argument("--step", type=int, default=20)

@@ -22,7 +22,7 @@ from store.errors import CxrAlError
 from store.project import Project
 
 CURVE_METRICS = ("macro_auc", "accuracy", "balanced_accuracy", "macro_f1", "hm")
-DEFAULT_STRATEGIES = ("random", "entropy", "margin", "coreset", "typiclust", "badge", "hybrid")
+DEFAULT_STRATEGIES = ("random", "entropy", "margin", "coreset", "typiclust", "probcover", "badge", "hybrid")
 THRESHOLDS = (0.90, 0.95, 0.98)
 
 

@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--initial", type=int, default=20)
     parser.add_argument("--step", type=int, default=20)
     parser.add_argument("--budget", type=int, default=400)
-    parser.add_argument("--strategies", default="random,entropy,margin,least-confidence,coreset,typiclust,badge,hybrid")
+    parser.add_argument("--strategies", default="random,entropy,margin,least-confidence,coreset,typiclust,probcover,badge,hybrid")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 

@@ -8,6 +8,7 @@ import numpy as np
 from active.strategies.base import QueryInputs, Ranked, StrategyFn, clip_budget, empty_ranked
 from active.strategies.diversity import coreset, typiclust
 from active.strategies.hybrid import badge, hybrid
+from active.strategies.probcover import probcover
 from active.strategies.random_sampling import random_sampling
 from active.strategies.threads import single_threaded_when_busy
 from active.strategies.uncertainty import bald, entropy, least_confidence, margin
@@ -31,6 +32,7 @@ STRATEGIES: dict[str, StrategyFn] = {
     "bald": bald,
     "coreset": coreset,
     "typiclust": typiclust,
+    "probcover": probcover,
     "badge": badge,
     "hybrid": hybrid,
     "auto": auto,

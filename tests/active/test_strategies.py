@@ -25,6 +25,7 @@ from active.strategies import (
     least_confidence,
     margin,
     near_duplicate_free,
+    probcover,
     random_sampling,
     select,
     typiclust,
@@ -183,6 +184,43 @@ def test_typiclust_through_the_pca_projection() -> None:
     assert sorted(cluster[ranked.indices].tolist()) == [0, 1, 2, 3, 4]
 
 
+# ----------------------------------------------------------------------------- probcover
+def test_probcover_covers_every_cluster_before_a_second_pick_in_any() -> None:
+    emb, cluster = clustered(6, 30, 16, spread=0.03, seed=21)
+    ranked = probcover(QueryInputs(labeled=np.zeros(len(emb), bool), embeddings=emb), 6, seed=0, n_clusters=6)
+    assert sorted(cluster[ranked.indices].tolist()) == [0, 1, 2, 3, 4, 5]
+    assert (ranked.scores >= 20).all()  # each ball covers (nearly) its whole cluster
+
+
+def test_probcover_skips_clusters_a_label_already_covers_and_favours_dense_ones() -> None:
+    emb, cluster = clustered(4, 30, 16, spread=0.03, seed=22)
+    rng = np.random.default_rng(0)
+    sparse = unit(rng.standard_normal((5, 16)))  # five isolated images: each covers only itself
+    emb = np.concatenate([emb, sparse])
+    labeled = np.zeros(len(emb), bool)
+    labeled[[0, 30]] = True  # clusters 0 and 1 are covered
+    ranked = probcover(QueryInputs(labeled=labeled, embeddings=emb), 3, seed=0, n_clusters=4)
+    picked = [int(cluster[i]) if i < 120 else -1 for i in ranked.indices]
+    assert sorted(picked[:2]) == [2, 3] and ranked.scores[0] >= ranked.scores[1] > ranked.scores[2]
+
+
+def test_probcover_radius_is_the_purity_quantile() -> None:
+    from active.strategies.probcover import purity_radius
+
+    x = np.array([[0.0], [1.0], [10.0], [11.0]], dtype=np.float32)
+    # nearest point of the other cluster: 10, 9, 9, 10 -> the 5% quantile is just above 9
+    assert purity_radius(x, np.array([0, 0, 1, 1]), purity=0.95) == pytest.approx(9.0, abs=0.2)
+    assert purity_radius(x, np.array([0, 0, 1, 1]), purity=0.5) == pytest.approx(9.5)
+
+
+def test_probcover_samples_large_pools() -> None:
+    emb, cluster = clustered(5, 200, 16, spread=0.03, seed=23)
+    inputs = QueryInputs(labeled=np.zeros(len(emb), bool), embeddings=emb)
+    ranked = probcover(inputs, 5, seed=1, max_points=300, n_clusters=5)
+    assert sorted(cluster[ranked.indices].tolist()) == [0, 1, 2, 3, 4]
+    assert_well_formed(ranked, inputs, 5)
+
+
 # ----------------------------------------------------------------------------- hybrid
 def test_badge_returns_distinct_diverse_uncertain_rows() -> None:
     n_clusters, n_unsure, n_sure = 4, 40, 5
@@ -303,7 +341,7 @@ def test_missing_inputs_raise_clear_errors() -> None:
     for name in ("least-confidence", "margin", "entropy", "badge", "hybrid"):
         with pytest.raises(CxrAlError, match="trained model"):
             select(name, no_model, 2)
-    for name in ("coreset", "typiclust", "hybrid", "auto"):
+    for name in ("coreset", "typiclust", "probcover", "hybrid", "auto"):
         with pytest.raises(CxrAlError, match="embed"):
             select(name, no_embeddings, 2)
     with pytest.raises(CxrAlError, match="mc_probs"):
@@ -328,7 +366,7 @@ def test_budget_beyond_the_pool_returns_what_is_there() -> None:
     labeled = np.zeros(12, bool)
     labeled[:9] = True
     inputs = QueryInputs(labeled=labeled, embeddings=emb, probs=confident(12))
-    for name in ("random", "entropy", "coreset", "typiclust", "badge", "hybrid"):
+    for name in ("random", "entropy", "coreset", "typiclust", "probcover", "badge", "hybrid"):
         assert sorted(select(name, inputs, 50, dedup_threshold=None).indices.tolist()) == [9, 10, 11]
     assert len(select("entropy", QueryInputs(labeled=np.ones(4, bool), probs=confident(4)), 3).indices) == 0
 
@@ -340,7 +378,7 @@ def test_random_is_reproducible_per_seed() -> None:
     assert not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("name", ["coreset", "typiclust", "badge", "hybrid"])
+@pytest.mark.parametrize("name", ["coreset", "typiclust", "probcover", "badge", "hybrid"])
 def test_seeded_strategies_are_reproducible(name: str) -> None:
     emb, _ = clustered(5, 30, 96, 0.2, seed=13)
     inputs = QueryInputs(labeled=np.zeros(150, bool), embeddings=emb, probs=np.random.default_rng(0).dirichlet(
