@@ -89,8 +89,9 @@ def select(name: str, inputs: QueryInputs, budget: int, seed: int = 0,
            dedup_threshold: float | None = 0.98) -> Ranked:
     """Run strategy `name` for a batch of min(budget, selectable rows) rows, free of near-duplicates of each
     other and of labeled rows (cosine > dedup_threshold around the pool mean, see near_duplicate_free; None
-    turns that off, as does the absence of embeddings). Rejected rows are backfilled from further down the ranking; only when the whole pool has
-    too few distinct rows does the batch fall back to the best-ranked duplicates."""
+    turns that off, as does the absence of embeddings). Rejected rows are backfilled from further down the
+    ranking; only when the whole pool has too few distinct rows does the batch fall back to the best-ranked
+    duplicates."""
     if name not in STRATEGIES:
         raise CxrAlError(f"unknown query strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
     strategy = STRATEGIES[name]
