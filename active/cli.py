@@ -406,9 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help="default: the project's image size")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue the last interrupted run")
-    p.add_argument("--augment", default="default", choices=["default", "gentle"],
-                   help="view settings: default, or gentle (large crops, little exposure change) for subtle "
-                        "local findings")
+    p.add_argument("--augment", default="gentle", choices=["gentle", "standard"],
+                   help="view settings: gentle (default: large crops, little exposure change; keeps faint local "
+                        "findings) or standard (SimCLR-like crops 40-100%%, exposure, gamma and blur)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     p.add_argument("--download-weights", action="store_true", help="allow downloading ImageNet weights")
     p.add_argument("--seed", type=int, default=0)

@@ -39,7 +39,7 @@ def _pretrain(spec: dict[str, Any], out: Path) -> dict[str, Any]:
                       device=spec["device"], resume=spec.get("resume", False), seed=spec.get("seed", 0),
                       progress=spec.get("progress", True), max_steps=spec.get("max_steps"),
                       allow_download=spec.get("allow_download", False),
-                      augment=augment_preset(spec.get("augment", "default")))
+                      augment=augment_preset(spec.get("augment", "standard")))  # rounds before presets used standard
     return {"checkpoint": str(result.checkpoint), "losses": [float(x) for x in result.losses],
             "images_per_second": float(result.images_per_second), "device": str(result.device),
             "seconds": float(result.wall_seconds)}

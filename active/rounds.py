@@ -58,7 +58,7 @@ def _recorded(project: Project, kind: str, params: dict[str, Any], spec: dict[st
 def pretrain(project: Project, *, method: str = "simclr", backbone: str | None = None, init: str = "random",
              epochs: int = 10, batch_size: int = 64, image_size: int | None = None, device: str = "auto",
              resume: bool = False, seed: int = 0, max_steps: int | None = None, in_child: bool = True,
-             progress: bool = True, allow_download: bool = False, augment: str = "default") -> dict[str, Any]:
+             progress: bool = True, allow_download: bool = False, augment: str = "gentle") -> dict[str, Any]:
     """SSL-pretrain a backbone on every image of the project (labels are not used); `augment` names the
     view settings (models.augment.AUGMENT_PRESETS)."""
     from models.augment import augment_preset

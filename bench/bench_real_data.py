@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--method", default="simclr")
     parser.add_argument("--init", default="random", help="random | imagenet | PATH (pretraining init)")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--augment", default="default", help="SSL view settings: default | gentle")
+    parser.add_argument("--augment", default="gentle", help="SSL view settings: gentle | standard")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--initial", type=int, default=20)

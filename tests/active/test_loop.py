@@ -28,7 +28,7 @@ def looped(tmp_path_factory):
     project = init_project(root / "project", list(PHANTOM_CLASSES), image_size=64)
     ingest_folder(project.db, data / "images", project.classes, labels_from="folders", test_fraction=0.25, seed=0)
     pretrain(project, method="simclr", epochs=1, batch_size=16, max_steps=2, in_child=True, progress=False,
-             augment="gentle")
+             augment="standard")
     embed(project, in_child=False, progress=False)
     return project
 
@@ -39,7 +39,7 @@ def test_pretrain_and_embed_are_recorded(looped) -> None:
     assert info["index"]["size"] == 48 and info["index"]["type"]
     run = latest_round(looped, "pretrain")
     assert run["status"] == "done" and run["checkpoint"].endswith(".pt")
-    assert run["params"]["augment"] == "gentle"
+    assert run["params"]["augment"] == "standard"
     assert np.isfinite(run["metrics"]["final_loss"])
     assert embed(looped, in_child=False, progress=False)["count"] == 0  # nothing new to embed
 

@@ -78,11 +78,17 @@ def test_unknown_method_is_a_user_error():
 
 def test_presets_are_valid_and_unknown_names_are_refused() -> None:
     from active.cli import build_parser
-    from models.augment import AUGMENT_PRESETS, augment_preset
+    from models.augment import AUGMENT_PRESETS, DEFAULT_PRESET, augment_preset
 
-    assert augment_preset("gentle").min_scale > augment_preset("default").min_scale
+    assert augment_preset("gentle").min_scale > augment_preset("standard").min_scale
     with pytest.raises(CxrAlError, match="gentle"):
         augment_preset("strong")
     pretrain_cmd = build_parser()._subparsers._group_actions[0].choices["pretrain"]
     choices = next(a.choices for a in pretrain_cmd._actions if a.dest == "augment")
-    assert list(choices) == list(AUGMENT_PRESETS)  # the CLI offers every preset, and only those
+    assert sorted(choices) == sorted(AUGMENT_PRESETS)  # the CLI offers every preset, and only those
+    assert pretrain_cmd.get_default("augment") == DEFAULT_PRESET
+    import inspect
+
+    from active.rounds import pretrain
+
+    assert inspect.signature(pretrain).parameters["augment"].default == DEFAULT_PRESET
