@@ -72,6 +72,12 @@ def main() -> None:
                  image_size=args.image_size, seed=0, augment=args.augment)
     pre = latest_round(project, "pretrain")
     report["pretrain"] = {k: pre["metrics"].get(k) for k in ("images_per_second", "final_loss", "seconds", "device")}
+    # a reused project keeps its own pretraining: report what it was, not what the flags say now
+    report["pretrain"] |= {k: pre["params"].get(k, "standard" if k == "augment" else None)
+                           for k in ("method", "epochs", "image_size", "augment")}
+    if report["pretrain"]["augment"] != args.augment:
+        print(f"note: reusing {project_dir}, pretrained with --augment {report['pretrain']['augment']}, "
+              f"not {args.augment}")
     emb_round = project.db.rounds("embed")
     if emb_round.empty:
         embed(project)

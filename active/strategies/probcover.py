@@ -89,39 +89,41 @@ def probcover(inputs: QueryInputs, budget: int, seed: int = 0, *, delta: float |
               max_points: int = MAX_GRAPH_POINTS) -> Ranked:
     """ProbCover: greedy max coverage of delta-balls; score = images newly covered by the pick. When every
     image is covered the rest of the batch is a seeded random draw, as in the authors' code. `n_clusters`
-    defaults to the model's class count (DEFAULT_CLUSTERS before a model exists)."""
+    defaults to the model's class count (DEFAULT_CLUSTERS before a model exists).
+
+    Pools with more than `max_points` unlabeled images build the graph on a seeded sample of them; every
+    labeled image still covers the sampled images within delta of it."""
     embeddings = require_embeddings(inputs, "probcover")
     budget = clip_budget(inputs, budget)
     if budget == 0:
         return empty_ranked()
     rng = np.random.default_rng(seed)
-    rows = np.arange(inputs.n)
-    if inputs.n > max_points:  # a seeded sample: labeled rows first (their balls are covered), then the pool
-        labeled_rows = np.flatnonzero(inputs.labeled)
-        keep_labeled = rng.permutation(labeled_rows)[: max_points // 2]
-        free = inputs.selectable
-        keep_free = rng.choice(free, size=min(len(free), max_points - len(keep_labeled)), replace=False)
-        rows = np.sort(np.concatenate([keep_labeled, keep_free]))
-    x = pca_projection(embeddings[rows], dim, seed)
-    labeled = inputs.labeled[rows]
-    m = len(rows)
+    free = inputs.selectable
+    taken = np.flatnonzero(inputs.labeled)
+    sample = free if len(free) <= max_points else np.sort(rng.choice(free, max_points, replace=False))
+    projected = pca_projection(embeddings[np.concatenate([sample, taken])], dim, seed)
+    x, x_taken = projected[:len(sample)], projected[len(sample):]
+    m = len(sample)
     if delta is None:
+        fit = projected if len(projected) <= 2 * max_points else np.concatenate(
+            [x, x_taken[rng.choice(len(x_taken), max_points, replace=False)]])
         k = n_clusters or (inputs.probs.shape[1] if inputs.probs is not None else DEFAULT_CLUSTERS)
-        k = min(int(k), m // 2)  # at least two images per cluster
-        assignment = kmeans_assignment(x, k, seed) if k >= 2 else np.zeros(m, dtype=np.int64)
-        delta = purity_radius(x, assignment, purity)
-    lims, neighbours = ball_graph(x, max(float(delta), 1e-6))
+        k = min(int(k), len(fit) // 2)  # at least two images per cluster
+        assignment = kmeans_assignment(fit, k, seed) if k >= 2 else np.zeros(len(fit), dtype=np.int64)
+        delta = purity_radius(fit, assignment, purity)
+    delta = max(float(delta), 1e-6)
+    lims, neighbours = ball_graph(x, delta)
     back_lims, back = _transpose(lims, neighbours, m)
 
     covered = np.zeros(m, dtype=bool)
-    covered[_gather(lims, neighbours, np.flatnonzero(labeled))] = True
+    if len(x_taken):  # what the labeled images already cover
+        dist, _ = faiss.knn(np.ascontiguousarray(x), np.ascontiguousarray(x_taken), 1)
+        covered = dist[:, 0] < delta**2
     edge_rows = np.repeat(np.arange(m), np.diff(lims))
     gain = np.bincount(edge_rows, weights=~covered[neighbours], minlength=m)  # uncovered images in each ball
-    gain[labeled] = -1.0
     picks: list[int] = []
     scores: list[float] = []
-    budget = min(budget, int((~labeled).sum()))
-    while len(picks) < budget:
+    while len(picks) < min(budget, m):
         p = int(np.argmax(gain))  # ties: the lowest row
         if gain[p] <= 0:
             break
@@ -132,9 +134,10 @@ def probcover(inputs: QueryInputs, budget: int, seed: int = 0, *, delta: float |
         scores.append(float(len(newly)))
         np.subtract.at(gain, _gather(back_lims, back, newly), 1.0)  # those images count for nobody now
         gain[p] = -1.0
-    if len(picks) < budget:  # everything is covered: the rest at random
-        rest = np.setdiff1d(np.flatnonzero(~labeled), picks)
-        extra = rng.choice(rest, size=budget - len(picks), replace=False)
-        picks += extra.tolist()
+    chosen = sample[np.asarray(picks, dtype=np.int64)]
+    if len(chosen) < budget:  # everything covered (or a budget beyond the sample): the rest at random
+        rest = np.setdiff1d(free, chosen)
+        extra = rng.choice(rest, size=budget - len(chosen), replace=False)
+        chosen = np.concatenate([chosen, extra])
         scores += [0.0] * len(extra)
-    return Ranked(rows[np.asarray(picks, dtype=np.int64)], np.asarray(scores, dtype=np.float64))
+    return Ranked(chosen.astype(np.int64), np.asarray(scores, dtype=np.float64))

@@ -40,16 +40,21 @@ STRATEGIES: dict[str, StrategyFn] = {
 
 
 def pool_center(embeddings: np.ndarray) -> np.ndarray:
-    """Mean embedding of the pool (float32), accumulated in float64 blocks without a copy of the pool."""
+    """Mean embedding of the pool (float32), accumulated in float64 blocks without a copy of the pool.
+    Zero (raw cosines) for pools of fewer than three rows, whose centred vectors would only point apart."""
     total = np.zeros(embeddings.shape[1], dtype=np.float64)
+    if len(embeddings) < 3:
+        return total.astype(np.float32)
     for start in range(0, len(embeddings), CENTER_BLOCK):
         total += embeddings[start:start + CENTER_BLOCK].sum(axis=0, dtype=np.float64)
     return (total / max(1, len(embeddings))).astype(np.float32)
 
 
 def _centred_unit(rows: np.ndarray, center: np.ndarray) -> np.ndarray:
-    x = np.asarray(rows, dtype=np.float32) - center
-    return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+    x = np.array(rows, dtype=np.float32, order="C")  # one copy, then in place
+    x -= center
+    x /= np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-12)[:, None]
+    return x
 
 
 def near_duplicate_free(embeddings: np.ndarray, candidates: np.ndarray, taken: np.ndarray,

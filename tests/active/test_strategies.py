@@ -195,7 +195,7 @@ def test_probcover_covers_every_cluster_before_a_second_pick_in_any() -> None:
 def test_probcover_skips_clusters_a_label_already_covers_and_favours_dense_ones() -> None:
     emb, cluster = clustered(4, 30, 16, spread=0.03, seed=22)
     rng = np.random.default_rng(0)
-    sparse = unit(rng.standard_normal((5, 16)))  # five isolated images: each covers only itself
+    sparse = unit(rng.standard_normal((5, 16)))  # five isolated images: small balls
     emb = np.concatenate([emb, sparse])
     labeled = np.zeros(len(emb), bool)
     labeled[[0, 30]] = True  # clusters 0 and 1 are covered
@@ -219,6 +219,14 @@ def test_probcover_samples_large_pools() -> None:
     ranked = probcover(inputs, 5, seed=1, max_points=300, n_clusters=5)
     assert sorted(cluster[ranked.indices].tolist()) == [0, 1, 2, 3, 4]
     assert_well_formed(ranked, inputs, 5)
+    # every labeled image covers, sampled or not: clusters 0-2 are labeled, the picks go to 3 and 4
+    labeled = np.isin(np.arange(len(emb)), [0, 1, 200, 201, 400])
+    covered = QueryInputs(labeled=labeled, embeddings=emb)
+    ranked = probcover(covered, 2, seed=1, max_points=100, n_clusters=5)
+    assert sorted(cluster[ranked.indices].tolist()) == [3, 4]
+    # a batch larger than the sample is still a full batch
+    many = probcover(covered, 150, seed=2, max_points=100, n_clusters=5)
+    assert_well_formed(many, covered, 150)
 
 
 # ----------------------------------------------------------------------------- hybrid
@@ -444,3 +452,8 @@ def test_near_duplicates_are_judged_around_the_pool_mean() -> None:
     probs = np.full((40, 2), 0.5)
     batch = select("random", QueryInputs(labeled=np.zeros(40, bool), embeddings=emb, probs=probs), 39, seed=1)
     assert not ({4, 5} <= set(batch.indices.tolist()))  # the pool has 39 distinct images: the copy stays out
+
+
+def test_a_copy_is_a_duplicate_even_in_a_pool_of_two() -> None:
+    emb = unit(np.array([[1.0, 0.2, 0.0], [1.0, 0.2, 1e-5]]))
+    assert near_duplicate_free(emb, np.array([1]), np.array([0]), 0.98).tolist() == [False]

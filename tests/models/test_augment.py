@@ -83,10 +83,12 @@ def test_presets_are_valid_and_unknown_names_are_refused() -> None:
     assert augment_preset("gentle").min_scale > augment_preset("standard").min_scale
     with pytest.raises(CxrAlError, match="gentle"):
         augment_preset("strong")
-    pretrain_cmd = build_parser()._subparsers._group_actions[0].choices["pretrain"]
-    choices = next(a.choices for a in pretrain_cmd._actions if a.dest == "augment")
-    assert sorted(choices) == sorted(AUGMENT_PRESETS)  # the CLI offers every preset, and only those
-    assert pretrain_cmd.get_default("augment") == DEFAULT_PRESET
+    parser = build_parser()
+    assert parser.parse_args(["pretrain", "proj"]).augment == DEFAULT_PRESET
+    for name in AUGMENT_PRESETS:  # the CLI offers every preset ...
+        assert parser.parse_args(["pretrain", "proj", "--augment", name]).augment == name
+    with pytest.raises(SystemExit):  # ... and only those
+        parser.parse_args(["pretrain", "proj", "--augment", "strong"])
     import inspect
 
     from active.rounds import pretrain
