@@ -67,7 +67,7 @@ def ball_graph(x: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(rows, kind="stable")
         rows, neighbours = rows[order], neighbours[order]
         lims = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(x)))])
-    return lims.astype(np.int64), neighbours.astype(np.int64)
+    return lims, neighbours
 
 
 def _transpose(lims: np.ndarray, neighbours: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
