@@ -24,6 +24,7 @@ from sklearn.metrics import cohen_kappa_score
 from active.accounts import can
 from active.rounds import (
     BACKGROUND_LOG,
+    current_rounds,
     ground_truth,
     latest_predictions,
     latest_round,
@@ -263,7 +264,7 @@ def round_history(project: Project) -> pd.DataFrame:
     """Every round, newest first: kind, status, when, how long, labels, model, test metrics and any error."""
     columns = ["round_id", "kind", "status", "started_at", "finished_at", "duration_s", "labels", "model",
                *CURVE_METRICS, "error"]
-    rounds = project.db.rounds()
+    rounds = current_rounds(project)
     now = utcnow()
     rows = []
     for row in rounds.sort_values("id", ascending=False).itertuples(index=False):
@@ -292,16 +293,15 @@ def start_training_now(project: Project, actor: str) -> int:
 
     Refused while a training round runs or one was requested moments ago and has not opened yet, and when
     the labels cannot train a model (fewer than two classes)."""
-    running = running_rounds(project)
-    running = running[running["kind"] == "train"]
+    opened = current_rounds(project, "train")
+    running = opened[opened["status"] == "running"]
     if len(running):
-        row = running.iloc[0]
-        raise CxrAlError(f"training round {row['round_id']} is already running (since {row['started_at']:%H:%M:%S} "
+        row = running.iloc[-1]
+        raise CxrAlError(f"training round {row['id']} is already running (since {row['started_at']:%H:%M:%S} "
                          "UTC); wait for it to finish")
     requests = project.db.events("train_requested", limit=1)
     if len(requests):
         requested_at = requests["logged_at"].iloc[0]
-        opened = project.db.rounds("train")
         opened_since = (opened["started_at"] >= requested_at).any() if len(opened) else False
         if not opened_since and utcnow() - requested_at < TRAIN_REQUEST_GRACE:
             raise CxrAlError("a training round was requested moments ago and is starting; wait for it to appear")

@@ -230,10 +230,12 @@ def train(project: Project, *, mode: str | None = None, epochs: int | None = Non
     return _recorded(project, "train", params, spec, in_child, record)
 
 
-def labels_since_last_train(project: Project) -> int:
-    """Labeled images added since the last successful training round started."""
-    last = latest_round(project, "train")
-    return project.db.count_labeled_since(None if last is None else last["started_at"], split="pool")
+def labels_since_last_train(project: Project, train_rounds: pd.DataFrame | None = None) -> int:
+    """Labeled images added since the last successful training round started (`train_rounds`: the train
+    rounds when the caller has just read them)."""
+    rounds = project.db.rounds("train") if train_rounds is None else train_rounds
+    done = rounds[rounds["status"] == "done"]
+    return project.db.count_labeled_since(done["started_at"].iloc[-1] if len(done) else None, split="pool")
 
 
 def _process_alive(pid: int) -> bool:
@@ -246,11 +248,11 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def reap_abandoned_rounds(project: Project) -> list[int]:
+def reap_abandoned_rounds(project: Project, rounds: pd.DataFrame | None = None) -> list[int]:
     """Mark as failed the running rounds whose process on this machine is gone (killed, crashed, rebooted).
 
     Without this a round killed with -9 would stay 'running' and block the round policy for good."""
-    rounds = project.db.rounds()
+    rounds = project.db.rounds() if rounds is None else rounds
     reaped = []
     for row in rounds[rounds["status"] == "running"].itertuples():
         params = json.loads(row.params) if row.params else {}
@@ -263,11 +265,19 @@ def reap_abandoned_rounds(project: Project) -> list[int]:
     return reaped
 
 
+def current_rounds(project: Project, kind: str | None = None) -> pd.DataFrame:
+    """The rounds (of one kind), oldest first, after abandoned running rounds are marked failed: what every
+    view of running/finished rounds (label page, dashboard, round policy, Train now) reads."""
+    rounds = project.db.rounds()
+    if reap_abandoned_rounds(project, rounds):
+        rounds = project.db.rounds()
+    return rounds if kind is None else rounds[rounds["kind"] == kind].reset_index(drop=True)
+
+
 def round_progress(project: Project) -> dict[str, Any]:
     """What the label page shows about training: the running round (elapsed, estimated fraction), the latest
     finished one, a failure newer than it, and how many labels until the policy fires."""
-    reap_abandoned_rounds(project)
-    rounds = project.db.rounds("train")
+    rounds = current_rounds(project, "train")
     done = rounds[rounds["status"] == "done"]
     running = rounds[rounds["status"] == "running"]
     info: dict[str, Any] = {"running": None, "latest": None, "failed": None, "labels_to_next": None}
@@ -287,7 +297,7 @@ def round_progress(project: Project) -> dict[str, Any]:
         info["failed"] = {"id": int(rounds.iloc[-1]["id"]), "error": str(rounds.iloc[-1]["error"])}
     every = int(project.round_policy.get("train_every") or 0)
     if every > 0:
-        info["labels_to_next"] = max(0, every - labels_since_last_train(project))
+        info["labels_to_next"] = max(0, every - labels_since_last_train(project, rounds))
     return info
 
 
@@ -296,11 +306,10 @@ def round_due(project: Project) -> bool:
     every = int(project.round_policy["train_every"])
     if every <= 0:
         return False
-    reap_abandoned_rounds(project)
-    rounds = project.db.rounds("train")
+    rounds = current_rounds(project, "train")
     if (rounds["status"] == "running").any():
         return False
-    return labels_since_last_train(project) >= every
+    return labels_since_last_train(project, rounds) >= every
 
 
 def start_round_in_background(project: Project, *, if_due: bool = True) -> int:

@@ -195,6 +195,21 @@ def test_round_history_with_failed_round_and_running_rounds(proj) -> None:
         progress.start_training_now(project, "lena")
 
 
+def test_dashboard_sees_a_killed_round_as_failed(proj) -> None:
+    """A round whose process died (kill -9) is failed on the dashboard too, and does not block Train now."""
+    import socket
+    import subprocess
+    import sys
+
+    project, _ = proj
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = project.db.start_round("train", {"pid": dead.pid, "host": socket.gethostname()})
+    row = progress.round_history(project).set_index("round_id").loc[gone]
+    assert row["status"] == "failed" and "ended without finishing" in row["error"]
+    assert progress.running_rounds(project).empty
+
+
 def test_train_now_needs_two_classes(tmp_path) -> None:
     from store.phantoms import PHANTOM_CLASSES
     from store.project import init_project
