@@ -94,8 +94,9 @@ def can(role: str | None, action: str) -> bool:
     return action in PERMISSIONS.get(role or "", frozenset())
 
 
-def add_user(project: Project, name: str, role: str, password: str) -> dict[str, str]:
-    """Create an account, or change the role and password of an existing one; returns {name, role}."""
+def add_user(project: Project, name: str, role: str, password: str, actor: str | None = None) -> dict[str, str]:
+    """Create an account, or change the role and password of an existing one (`actor`: who did it, for the
+    event log); returns {name, role}."""
     name = validate_annotator(name)
     role = validate_role(role)
     if len(password or "") < MIN_PASSWORD_LENGTH:
@@ -103,7 +104,7 @@ def add_user(project: Project, name: str, role: str, password: str) -> dict[str,
     existing = project.db.annotator(name)
     if existing is not None and existing.get("role") == "system":
         raise CxrAlError(f"{name!r} is a system account; choose another name")
-    project.db.upsert_annotator(name, role, hash_password(password))
+    project.db.upsert_annotator(name, role, hash_password(password), actor=actor)
     return {"name": name, "role": role}
 
 

@@ -264,8 +264,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
     project = open_project(args.project_dir)
     password = read_password(from_stdin=args.password_stdin)
-    account = add_user(project, args.name, args.role, password)
-    project.db.log_event("account_saved", "cli", name=account["name"], role=account["role"])
+    account = add_user(project, args.name, args.role, password, actor="cli")
     print(f"account {account['name']!r} saved with role {account['role']}")
     return 0
 

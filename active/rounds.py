@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -161,15 +162,22 @@ def embeddings_for(project: Project, image_ids: np.ndarray) -> np.ndarray:
 
 
 def load_index(project: Project):
-    """The project's FAISS index, rebuilt from the embeddings when stale or missing."""
-    from store.embeddings import load_embeddings
-    from store.index import EmbeddingIndex
-
+    """The project's FAISS index, rebuilt from the embeddings when stale or missing; kept in memory until the
+    embeddings file changes (the label page asks for neighbours of every image it shows)."""
     path = project.artifacts / EMBEDDINGS_NAME
     if not path.exists():
         raise CxrAlError("no embeddings yet: run `cxr-al embed` first")
-    ids, vectors, tag = load_embeddings(path)
-    return EmbeddingIndex.load_or_build(project.artifacts / INDEX_DIR, ids, vectors, tag)
+    stat = path.stat()
+    return _index_for(str(path), str(project.artifacts / INDEX_DIR), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _index_for(embeddings_path: str, index_dir: str, mtime_ns: int, size: int):
+    from store.embeddings import load_embeddings
+    from store.index import EmbeddingIndex
+
+    ids, vectors, tag = load_embeddings(embeddings_path)
+    return EmbeddingIndex.load_or_build(index_dir, ids, vectors, tag)
 
 
 # ----------------------------------------------------------------------------- training rounds

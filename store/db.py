@@ -294,15 +294,16 @@ class ProjectDB:
             return con.execute("SELECT * FROM skipped ORDER BY skipped_at, path").df()
 
     # ----------------------------------------------------------------- annotators
-    def upsert_annotator(self, name: str, role: str = "annotator", password_hash: str | None = None) -> None:
-        """Create an account, or update its role and password when it exists."""
+    def upsert_annotator(self, name: str, role: str = "annotator", password_hash: str | None = None,
+                         actor: str | None = None) -> None:
+        """Create an account, or update its role and password when it exists (logged with who did it)."""
         with self.write() as con:
             con.execute(
                 """INSERT INTO annotators (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)
                    ON CONFLICT (name) DO UPDATE SET role = excluded.role,
                    password_hash = COALESCE(excluded.password_hash, annotators.password_hash)""",
                 [name, role, password_hash, utcnow()])
-            self._log(con, "account", None, {"name": name, "role": role})
+            self._log(con, "account", actor, {"name": name, "role": role})
 
     def annotator(self, name: str) -> dict[str, Any] | None:
         with self.read() as con:

@@ -30,11 +30,10 @@ def render() -> None:
             st.error("The two passwords differ; nothing was saved.")
         else:
             try:
-                account = add_user(project, name, role, password)
+                account = add_user(project, name, role, password, actor=user["name"])
             except CxrAlError as exc:
                 st.error(f"Not saved: {exc}")
             else:
-                project.db.log_event("account_saved", user["name"], name=account["name"], role=account["role"])
                 st.success(f"Account **{account['name']}** saved with role {account['role']}.")
 
     st.subheader("Who may sign in")

@@ -52,8 +52,7 @@ def current_user() -> dict[str, str] | None:
 
 def sign_in(user: dict[str, str]) -> None:
     """Remember the account for this browser session (server-side state; nothing in the browser)."""
-    for key in list(st.session_state.keys()):
-        del st.session_state[key]
+    sign_out()  # nothing of an earlier session carries over
     st.session_state[USER_KEY] = {"name": user["name"], "role": user["role"]}
 
 

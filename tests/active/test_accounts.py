@@ -95,3 +95,11 @@ def test_cli_user_add_and_list(project):
     assert empty.returncode != 0 and "no password on stdin" in empty.stderr
     listed = cxr("user", "list", str(project.root))
     assert listed.returncode == 0 and "lena" in listed.stdout and "scrypt" not in listed.stdout
+
+
+def test_an_account_change_is_logged_once_with_who_made_it(project):
+    add_user(project, "lena", "lead", "long enough 1", actor="admin")
+    add_user(project, "lena", "annotator", "long enough 2", actor="admin")
+    events = project.db.events("account")
+    assert events["actor"].tolist() == ["admin", "admin"]
+    assert len(project.db.events()) == 2  # nothing else logged the change
