@@ -16,7 +16,6 @@ claim, not a handful of full-table reads per key press.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import deque
@@ -204,14 +203,7 @@ def _pool_paths(db: Any, image_ids: list[int]) -> dict[int, str]:
 
 def _passed_by(db: Any, annotator: str) -> set[int]:
     """Images the annotator skipped or was unsure about (from the event log)."""
-    passed: set[int] = set()
-    for kind in ("skip", "unsure"):
-        events = db.events(kind, limit=1_000_000)
-        for payload in events.loc[events["actor"] == annotator, "payload"]:
-            image_id = json.loads(payload or "{}").get("image_id")
-            if image_id is not None:
-                passed.add(int(image_id))
-    return passed
+    return db.event_image_ids(("skip", "unsure"), annotator)
 
 
 def _refresh(session: LabelingSession) -> None:

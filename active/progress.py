@@ -197,10 +197,11 @@ def fleiss_kappa(counts: np.ndarray) -> float:
     return float((p_subject.mean() - p_chance) / (1.0 - p_chance))
 
 
-def pairwise_kappa(project: Project) -> pd.DataFrame:
-    """Cohen's kappa (scikit-learn) for every pair of readers with shared images, with their raw agreement."""
+def pairwise_kappa(project: Project, readings: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Cohen's kappa (scikit-learn) for every pair of readers with shared images, with their raw agreement
+    (`readings`: reader_labels(project), when the caller has it)."""
     columns = ["annotator_a", "annotator_b", "shared_images", "agreement", "kappa"]
-    readings = reader_labels(project)
+    readings = reader_labels(project) if readings is None else readings
     if readings.empty:
         return pd.DataFrame(columns=columns)
     wide = readings.pivot(index="image_id", columns="annotator", values="label")
@@ -232,7 +233,7 @@ def agreement_summary(project: Project) -> dict[str, Any]:
         "readers": sorted(double["annotator"].unique().tolist()),
         "fleiss_kappa": fleiss_kappa(counts.to_numpy()) if len(counts) else float("nan"),
         "percent_agreement": float(unanimous.mean()) if len(unanimous) else float("nan"),
-        "pairs": pairwise_kappa(project),
+        "pairs": pairwise_kappa(project, readings),
     }
 
 

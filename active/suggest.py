@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from active.rounds import embeddings_for, latest_predictions
+from active.rounds import embeddings_for, latest_predictions, latest_round
 from store.errors import CxrAlError
 from store.project import Project
 
@@ -78,7 +78,8 @@ def refresh_queue(project: Project, *, seed: int = 0) -> pd.DataFrame:
 
     Entries an annotator has claimed (the image on their screen) stay; the new batch is scored by
     the newest model with the round policy's strategy and batch size."""
-    round_id, _ = latest_predictions(project)
+    last = latest_round(project, "train")  # the model whose predictions the new batch is scored by
+    round_id = None if last is None else int(last["id"])
     queued = project.db.open_queue()
     stale = queued[queued["annotator"].isna() & queued["strategy"].ne("second-read")
                    & (queued["model_round"].isna() | queued["model_round"].ne(round_id))]

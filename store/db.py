@@ -388,6 +388,16 @@ class ProjectDB:
                        WHERE l.superseded_by IS NULL AND i.split = ? GROUP BY l.image_id)
                    WHERE ?::TIMESTAMP IS NULL OR first > ?::TIMESTAMP""", [split, since, since]).fetchone()[0])
 
+    def event_image_ids(self, kinds: Iterable[str], actor: str) -> set[int]:
+        """Image ids named by the events of these kinds that `actor` logged (e.g. the images they skipped)."""
+        kinds = list(kinds)
+        with self.read() as con:
+            rows = con.execute(
+                f"""SELECT DISTINCT CAST(json_extract(payload, '$.image_id') AS BIGINT) FROM events
+                    WHERE kind IN ({", ".join("?" * len(kinds))}) AND actor = ?
+                    AND json_extract(payload, '$.image_id') IS NOT NULL""", [*kinds, actor]).fetchall()
+        return {int(r[0]) for r in rows}
+
     def label_history(self, image_id: int | None = None) -> pd.DataFrame:
         """All labels ever given, superseded ones included (for audit and review)."""
         with self.read() as con:
