@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from store.errors import CxrAlError
-from store.export import labeled_set, safe_component, write_export
+from store.export import FORMATS, labeled_set, safe_component, write_export
 from store.ingest import IngestReport, ingest_folder
 from store.project import Project, init_project, open_project
 
@@ -23,7 +23,7 @@ __all__ = ["Project", "create_project", "open_project", "ingest", "status", "rec
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 RESERVED_NAMES = {"import", "oracle", "system"}
-EXPORT_EXTENSIONS = {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl", "imagefolder": "zip"}
+EXPORT_EXTENSIONS = {fmt: "zip" if fmt == "imagefolder" else fmt for fmt in FORMATS}  # a folder downloads as a zip
 
 
 def validate_annotator(name: str) -> str:
