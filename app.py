@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from active.accounts import can
+from active.views.accounts import can
 from ui import session
 
 # (file, title, icon, url path, the action an account needs to see it in the navigation)

@@ -41,7 +41,7 @@ def train_model(project, n_labels: int) -> None:
     """Pretrain briefly, embed every image, label n_labels pool images outside the queue from the
     hidden ground truth, and run a probe round: the prediction, overlay and neighbour panels then have
     real work to do."""
-    from active.rounds import embed, pretrain, train
+    from active.engine.rounds import embed, pretrain, train
 
     # two SimCLR steps: enough for a backbone checkpoint, so the probe round's model can be explained
     pretrain(project, method="simclr", epochs=1, max_steps=2, batch_size=16, in_child=False, progress=False)
@@ -76,7 +76,7 @@ def main() -> int:
     from conftest import CHROMIUM, CHROMIUM_ARGS, PASSWORDS, make_labeling_project
     from playwright.sync_api import sync_playwright
 
-    from active.serve import free_port, start_server, wait_until_ready
+    from active.delivery.serve import free_port, start_server, wait_until_ready
 
     n = args.labels + args.warmup
     with tempfile.TemporaryDirectory(prefix="cxr-al-latency-") as tmp:

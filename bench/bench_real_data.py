@@ -45,8 +45,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from active.rounds import embed, latest_round, pretrain
-    from active.simulate import simulate
+    from active.engine.rounds import embed, latest_round, pretrain
+    from active.engine.simulate import simulate
     from store.ingest import ingest_folder
     from store.project import CONFIG_NAME, init_project, open_project
 
@@ -85,7 +85,7 @@ def main() -> None:
     report["embed"] = json.loads(emb_round.iloc[-1]["metrics"])
 
     # all-label probe: a logistic regression on the SSL embeddings of every training image, test metrics with CIs
-    from active.simulate import load_simulation_data
+    from active.engine.simulate import load_simulation_data
     from models.metrics import classification_metrics
     from models.probe import fit_probe
 

@@ -24,7 +24,10 @@ from sklearn.metrics import (
 from store.project import default_positive_class  # one rule for the whole product (re-exported)
 
 ECE_BINS = 15
-CI_METRICS = ("accuracy", "balanced_accuracy", "macro_auc", "macro_f1", "hm")
+# The headline metrics: scored with bootstrap CIs, shown by `status`, `train`, the dashboard and `simulate --metric`.
+CI_METRICS = ("macro_auc", "balanced_accuracy", "macro_f1", "hm", "accuracy")
+METRIC_LABELS = {"macro_auc": "macro-AUC", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1",
+                 "hm": "HM (sensitivity, specificity)", "accuracy": "accuracy"}
 
 
 def harmonic_mean_se_sp(sensitivity: float | None, specificity: float | None) -> float | None:

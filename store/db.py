@@ -439,9 +439,13 @@ class ProjectDB:
             self._log(con, "round_failed", None, {"round_id": int(round_id), "error": error[-500:]})
 
     def rounds(self, kind: str | None = None) -> pd.DataFrame:
+        """The rounds (of one kind), oldest first; params and metrics decoded to dicts (empty when none)."""
         with self.read() as con:
             sql = "SELECT * FROM rounds" + (" WHERE kind = ?" if kind else "") + " ORDER BY id"
-            return con.execute(sql, [kind] if kind else []).df()
+            frame = con.execute(sql, [kind] if kind else []).df()
+        for column in ("params", "metrics"):
+            frame[column] = [json.loads(v) if isinstance(v, str) and v else {} for v in frame[column]]
+        return frame
 
     def predictions(self, round_id: int) -> pd.DataFrame:
         with self.read() as con:
@@ -518,14 +522,6 @@ class ProjectDB:
             skipped_reasons = dict(con.execute(
                 "SELECT split_part(reason, ':', 1), COUNT(*) FROM skipped GROUP BY 1 ORDER BY 1").fetchall())
             (n_queue,) = con.execute("SELECT COUNT(*) FROM queue WHERE status = 'open'").fetchone()
-            cur = con.execute("SELECT id, kind, status, started_at, finished_at, n_labels, checkpoint, metrics, error "
-                              "FROM rounds ORDER BY id")
-            cols = [d[0] for d in cur.description]
-            rounds = []
-            for row in cur.fetchall():
-                r = dict(zip(cols, row, strict=True))
-                r["metrics"] = json.loads(r["metrics"]) if r["metrics"] else {}
-                rounds.append(r)
         return {
             "images": {"total": int(sum(splits.values())), "pool": int(splits.get("pool", 0)),
                        "test": int(splits.get("test", 0))},
@@ -537,5 +533,4 @@ class ProjectDB:
             "labels_per_annotator": {k: int(v) for k, v in per_annotator.items()},
             "oracle_labels": int(n_oracle),
             "queue": int(n_queue),
-            "rounds": rounds,
         }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from active.accounts import MIN_PASSWORD_LENGTH, ROLES, add_user, list_users
+from active.views.accounts import MIN_PASSWORD_LENGTH, ROLES, add_user, list_users
 from store.errors import CxrAlError
 from ui import session
 

@@ -9,9 +9,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from active import progress, service
-from active.accounts import can
+from active.engine import policy
+from active.views import agreement, dashboard, status
+from active.views.accounts import can
 from store.errors import CxrAlError
+from store.project import Project
 from ui import session
 
 POLL_S = 3.0  # how often the round status refreshes while a round runs or was just requested
@@ -27,7 +29,7 @@ STRATEGY_COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377
 
 def efficiency_chart(curve: pd.DataFrame, simulation: pd.DataFrame, metric: str) -> alt.LayerChart:
     """The project's rounds (points, line, CI error bars) over the simulated strategies (mean line, min-max band)."""
-    title = f"test {progress.METRIC_LABELS[metric]}"
+    title = f"test {dashboard.METRIC_LABELS[metric]}"
     x = alt.X("labels:Q", title="labels used")
     strategies = sorted(simulation["strategy"].unique(), key=lambda s: (s != "random", s)) if len(simulation) else []
     domain = [PROJECT_SERIES, *strategies]
@@ -55,9 +57,9 @@ def efficiency_chart(curve: pd.DataFrame, simulation: pd.DataFrame, metric: str)
     return alt.layer(*layers).properties(height=360)
 
 
-def _on_train(project: service.Project, actor: str) -> None:
+def _on_train(project: Project, actor: str) -> None:
     try:
-        pid = progress.start_training_now(project, actor)
+        pid = policy.start_training_now(project, actor)
     except CxrAlError as exc:
         st.session_state[MESSAGE_KEY] = f":orange[{exc}]"
         return
@@ -69,10 +71,10 @@ def _rounds_seen(history: pd.DataFrame) -> tuple:
     return tuple(zip(history["round_id"], history["status"], strict=True))
 
 
-def _round_status(project: service.Project) -> None:
+def _round_status(project: Project) -> None:
     """Running rounds with their time so far and the last lines of the background log; when a round
     opens or ends, the whole page redraws so the curve and the history show it."""
-    history = progress.round_history(project)
+    history = status.round_history(project)
     seen = st.session_state.get(ROUNDS_SEEN_KEY) or ()
     if _rounds_seen(history) != seen:
         newest_seen = max((int(r) for r, _ in seen), default=0)
@@ -91,36 +93,36 @@ def _round_status(project: service.Project) -> None:
         minutes, seconds = divmod(int(row.duration_s), 60)
         st.info(f"Round {row.round_id} ({row.kind}) running for {minutes}:{seconds:02d}, "
                 f"on {row.labels} labels", icon=":material/model_training:")
-    tail = progress.background_log_tail(project)
+    tail = status.background_log_tail(project)
     if tail:
         st.code(tail, language=None)
 
 
-def _policy_form(project: service.Project, user: dict[str, str]) -> None:
+def _policy_form(project: Project, user: dict[str, str]) -> None:
     """The round policy and double-read fraction, editable by leads and admins (written to project.yaml)."""
     from active.strategies import STRATEGIES
 
-    policy = project.round_policy
+    current = project.round_policy
     with st.expander("Round policy"), st.form("dash_policy"):
         c1, c2, c3 = st.columns(3)
         train_every = c1.number_input("Train after this many new labels (0: on demand only)", 0, 100_000,
-                                      int(policy.get("train_every") or 0), step=5, key="dash_policy_train_every")
+                                      int(current.get("train_every") or 0), step=5, key="dash_policy_train_every")
         modes = ["probe", "finetune"]
-        mode = c2.selectbox("Mode", modes, index=modes.index(policy["mode"]) if policy["mode"] in modes else 0, key="dash_policy_mode",
+        mode = c2.selectbox("Mode", modes, index=modes.index(current["mode"]) if current["mode"] in modes else 0, key="dash_policy_mode",
                             help="probe: logistic regression on the SSL embeddings (seconds on a CPU); "
                                  "finetune: the backbone end to end (minutes; a GPU helps)")
-        epochs = c3.number_input("Fine-tuning epochs", 1, 1_000, int(policy.get("epochs") or 10), key="dash_policy_epochs")
+        epochs = c3.number_input("Fine-tuning epochs", 1, 1_000, int(current.get("epochs") or 10), key="dash_policy_epochs")
         names = list(STRATEGIES)
         strategy = c1.selectbox("Query strategy", names,
-                                index=names.index(policy["strategy"]) if policy["strategy"] in names else 0,
+                                index=names.index(current["strategy"]) if current["strategy"] in names else 0,
                                 key="dash_policy_strategy")
-        batch_size = c2.number_input("Suggestions per batch", 1, 1_000, int(policy.get("batch_size") or 16), key="dash_policy_batch")
+        batch_size = c2.number_input("Suggestions per batch", 1, 1_000, int(current.get("batch_size") or 16), key="dash_policy_batch")
         double_read = c3.slider("Double-read fraction", 0.0, 1.0,
                                 float(project.config.get("double_read_fraction", 0.0)), step=0.05, key="dash_policy_double",
                                 help="Share of each batch also sent to a second reader, to measure agreement")
         if st.form_submit_button("Save policy", key="dash_policy_save"):
             try:
-                service.update_round_policy(project, user["name"], train_every=int(train_every), mode=mode,
+                policy.update_round_policy(project, user["name"], train_every=int(train_every), mode=mode,
                                             strategy=strategy, batch_size=int(batch_size), epochs=int(epochs),
                                             double_read_fraction=float(double_read))
             except CxrAlError as exc:
@@ -130,7 +132,7 @@ def _policy_form(project: service.Project, user: dict[str, str]) -> None:
             st.rerun()
 
 
-def _training_panel(project: service.Project, user: dict[str, str], history: pd.DataFrame) -> None:
+def _training_panel(project: Project, user: dict[str, str], history: pd.DataFrame) -> None:
     """'Train now' for those who may train, and a status panel that polls while something runs."""
     st.session_state[ROUNDS_SEEN_KEY] = _rounds_seen(history)
     with st.container(horizontal=True, key="dash-train"):
@@ -138,9 +140,9 @@ def _training_panel(project: service.Project, user: dict[str, str], history: pd.
             st.button("Train now", key="dash_train_now", type="primary", icon=":material/model_training:",
                       on_click=_on_train, args=(project, user["name"]),
                       help="Start a training round on the current labels now, whatever the round policy")
-        policy = project.round_policy
-        every = int(policy.get("train_every") or 0)
-        st.caption(f"Round policy: {policy['mode']}, " +
+        current = project.round_policy
+        every = int(current.get("train_every") or 0)
+        st.caption(f"Round policy: {current['mode']}, " +
                    (f"a round every {every} new labels" if every > 0 else "rounds on demand only"))
     if can(user["role"], "configure_rounds"):
         _policy_form(project, user)
@@ -153,12 +155,12 @@ def _training_panel(project: service.Project, user: dict[str, str], history: pd.
     st.fragment(_round_status, run_every=POLL_S if watching else None)(project)
 
 
-def _efficiency(project: service.Project) -> None:
+def _efficiency(project: Project) -> None:
     st.subheader("Label efficiency")
-    metric = st.selectbox("Test metric", progress.CURVE_METRICS, format_func=progress.METRIC_LABELS.get,
+    metric = st.selectbox("Test metric", dashboard.CURVE_METRICS, format_func=dashboard.METRIC_LABELS.get,
                           key="dash_metric")
-    curve = progress.efficiency_curve(project, metric)
-    simulation = progress.simulation_curves(project, metric)
+    curve = dashboard.efficiency_curve(project, metric)
+    simulation = dashboard.simulation_curves(project, metric)
     if curve.empty and simulation.empty:
         st.info("No scored training round yet: the curve gets a point after each training round "
                 "(it needs a test split with ground truth).")
@@ -167,7 +169,7 @@ def _efficiency(project: service.Project) -> None:
         last = curve.iloc[-1]
         ci = "" if pd.isna(last["ci_low"]) else f" (95% CI {last['ci_low']:.3f} to {last['ci_high']:.3f})"
         with st.container(key="dash-latest-point"):
-            st.markdown(f"Round {int(last['round_id'])}: test {progress.METRIC_LABELS[metric]} "
+            st.markdown(f"Round {int(last['round_id'])}: test {dashboard.METRIC_LABELS[metric]} "
                         f"**{last['value']:.3f}**{ci} on {int(last['labels'])} labels "
                         f"({len(curve)} round{'s' if len(curve) != 1 else ''} on the curve)")
     st.altair_chart(efficiency_chart(curve, simulation, metric), width="stretch")
@@ -181,9 +183,9 @@ def _efficiency(project: service.Project) -> None:
                 st.dataframe(simulation, hide_index=True)
 
 
-def _labels(project: service.Project) -> None:
+def _labels(project: Project) -> None:
     st.subheader("Labels")
-    over_time = progress.labels_per_class_over_time(project)
+    over_time = dashboard.labels_per_class_over_time(project)
     if over_time.empty:
         st.info("No labels yet.")
     else:
@@ -191,7 +193,7 @@ def _labels(project: service.Project) -> None:
             x=alt.X("time:T", title=""), y=alt.Y("labels:Q", title="labeled images (cumulative)"),
             color=alt.Color("label:N", title="class", sort=project.classes),
             tooltip=["time:T", "label", "labels"]).properties(height=260), width="stretch")
-    stats = progress.annotator_stats(project)
+    stats = dashboard.annotator_stats(project)
     st.markdown("**Annotators**")
     if stats.empty:
         st.caption("No annotator has labeled yet.")
@@ -207,9 +209,9 @@ def _labels(project: service.Project) -> None:
         })
 
 
-def _agreement(project: service.Project) -> None:
+def _agreement(project: Project) -> None:
     st.subheader("Agreement")
-    summary = progress.agreement_summary(project)
+    summary = agreement.agreement_summary(project)
     if summary["double_read_images"] == 0:
         st.info("No double-read images yet (set double_read_fraction in project.yaml to send some labeled "
                 "images to a second reader).")
@@ -224,7 +226,7 @@ def _agreement(project: service.Project) -> None:
             st.dataframe(summary["pairs"], hide_index=True, column_config={
                 "agreement": st.column_config.NumberColumn(format="percent"),
                 "kappa": st.column_config.NumberColumn(format="%.3f")})
-    adjudication = progress.adjudication_list(project)
+    adjudication = agreement.adjudication_list(project)
     st.markdown(f"**Adjudication list** ({len(adjudication)} images whose labels disagree)")
     if adjudication.empty:
         st.caption("Nothing to adjudicate.")
@@ -245,7 +247,7 @@ def _rounds(history: pd.DataFrame) -> None:
     with st.container(key="dash-rounds"):
         st.dataframe(history, hide_index=True, column_config={
             "duration_s": st.column_config.NumberColumn("seconds", format="%.0f"),
-            **{m: st.column_config.NumberColumn(progress.METRIC_LABELS[m], format="%.3f") for m in progress.CURVE_METRICS},
+            **{m: st.column_config.NumberColumn(dashboard.METRIC_LABELS[m], format="%.3f") for m in dashboard.CURVE_METRICS},
         })
 
 
@@ -254,7 +256,7 @@ def render() -> None:
     user = session.require("dashboard")
     project = session.project()
     st.title("Progress")
-    history = progress.round_history(project)
+    history = status.round_history(project)
     _training_panel(project, user, history)
     _efficiency(project)
     _labels(project)

@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from active import service
+from active.views import export
 from store.errors import CxrAlError
+from store.project import Project
 from ui import session
 
 ANY = "(any)"
@@ -15,9 +16,9 @@ DOWNLOADS = (("csv", "CSV", "text/csv"), ("parquet", "Parquet", "application/vnd
              ("jsonl", "JSON Lines", "application/jsonl"), ("imagefolder", "ImageFolder (zip)", "application/zip"))
 
 
-def _deferred(project: service.Project, fmt: str, filters: dict, actor: str) -> Callable[[], bytes]:
+def _deferred(project: Project, fmt: str, filters: dict, actor: str) -> Callable[[], bytes]:
     """The file is built only when its button is clicked (an ImageFolder copies every image)."""
-    return lambda: service.export_download(project, fmt, actor=actor, **filters)
+    return lambda: export.export_download(project, fmt, actor=actor, **filters)
 
 
 def render() -> None:
@@ -35,7 +36,7 @@ def render() -> None:
     filters = {"split": split, "classes": classes or None, "annotator": None if annotator == ANY else annotator,
                "agreement": None if agreement == ANY else agreement}
     try:
-        frame = service.export_frame(project, **filters)
+        frame = export.export_frame(project, **filters)
     except CxrAlError as exc:
         st.error(str(exc))
         return
@@ -44,7 +45,7 @@ def render() -> None:
     with st.container(horizontal=True, key="export-downloads"):
         for fmt, title, mime in DOWNLOADS:
             st.download_button(title, data=_deferred(project, fmt, filters, user["name"]),
-                               file_name=service.export_file_name(project, fmt, split), mime=mime,
+                               file_name=export.export_file_name(project, fmt, split), mime=mime,
                                key=f"export_download_{fmt}", on_click="ignore", disabled=frame.empty,
                                icon=":material/download:")
     st.caption("Every row carries its provenance: who labeled it, when, in which round, and the agreement "

@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from active import labeling, service
+from active.engine import labeling
+from active.views import explain, export
 from store.errors import CxrAlError
 from store.images import read_grey
+from store.project import Project, open_project
 from ui import session, viewer
 
 SESSION_KEY = "label_session"
@@ -52,7 +54,7 @@ def reason_text(current: dict[str, Any]) -> str:
     return text
 
 
-def labeling_session(project: service.Project, annotator: str) -> labeling.LabelingSession:
+def labeling_session(project: Project, annotator: str) -> labeling.LabelingSession:
     """This browser session's LabelingSession (one per signed-in annotator)."""
     ls = st.session_state.get(SESSION_KEY)
     if ls is None or ls.annotator != annotator:
@@ -126,7 +128,7 @@ def _view_controls() -> dict[str, float]:
             "center_y": pan_y / 100}
 
 
-def _details(project: service.Project, image_id: int) -> None:
+def _details(project: Project, image_id: int) -> None:
     info = project.db.image(image_id)
     st.markdown("**Image details**")
     st.caption(f"{info['width']} x {info['height']} px, {info['format']}"
@@ -150,7 +152,7 @@ def _action_buttons(ls: labeling.LabelingSession, image_id: int | None) -> None:
 @st.cache_data(max_entries=4, show_spinner=False)
 def _round_predictions(root: str, round_id: int) -> dict[int, list[float]]:
     """Class probabilities of one training round's model for every image (kept while the round is the latest)."""
-    predictions = service.open_project(root).db.predictions(round_id)
+    predictions = open_project(root).db.predictions(round_id)
     return {int(i): [float(p) for p in probs] for i, probs in zip(predictions["image_id"], predictions["probs"],
                                                                    strict=True)}
 
@@ -158,14 +160,14 @@ def _round_predictions(root: str, round_id: int) -> dict[int, list[float]]:
 @st.cache_data(max_entries=64, show_spinner=False)
 def _overlay(root: str, round_id: int, image_id: int) -> tuple[bytes, str]:
     """Grad-CAM++ overlay PNG of the predicted class, and that class (computed once per round and image)."""
-    (result,) = service.explain(service.open_project(root), [image_id], round_id=round_id)
+    (result,) = explain.explain(open_project(root), [image_id], round_id=round_id)
     return result["overlay_png"], result["class"]
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def _labeled_images(root: str, labels_stamp: int) -> pd.DataFrame:
     """Labeled images (image_id, consensus label, path), recomputed when the labels change."""
-    frame = service.export_frame(service.open_project(root))
+    frame = export.export_frame(open_project(root))
     return frame[["image_id", "label", "path"]].reset_index(drop=True)
 
 
@@ -174,7 +176,7 @@ def _labeled_neighbours(root: str, index_stamp: float, labels_stamp: int, image_
                         k: int) -> list[dict[str, Any]]:
     """The k most similar already-labeled images in the FAISS index (recomputed when the index changes)."""
     labeled = _labeled_images(root, labels_stamp)
-    found = service.neighbors(service.open_project(root), image_id, k=max(50, 8 * k), labels=labeled)
+    found = explain.neighbors(open_project(root), image_id, k=max(50, 8 * k), labels=labeled)
     found = found[(found["image_id"] != image_id) & found["label"].notna()].head(k)
     paths = labeled.set_index("image_id")["path"]
     return [{"image_id": int(r.image_id), "label": str(r.label), "similarity": float(r.similarity),
@@ -209,7 +211,7 @@ def _prediction_panel(ls: labeling.LabelingSession, image_id: int, round_id: int
 
 def _neighbour_panel(ls: labeling.LabelingSession, image_id: int, k: int = 4) -> None:
     st.markdown("**Similar labeled images**")
-    stamp = service.embeddings_stamp(ls.project)
+    stamp = explain.embeddings_stamp(ls.project)
     if stamp is None:
         st.caption("No embedding index yet (run `cxr-al embed`).")
         return
@@ -234,7 +236,7 @@ def _neighbour_panel(ls: labeling.LabelingSession, image_id: int, k: int = 4) ->
 @st.fragment(run_every=5)
 def round_status(ls: labeling.LabelingSession) -> None:
     """The training round in progress, or the model in use; a finished round refreshes the queue."""
-    from active.rounds import round_progress
+    from active.views.status import round_progress
 
     info = round_progress(ls.project)
     with st.container(key="label-round"):

@@ -15,8 +15,9 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from active import progress, service
+from active.views import explain, review
 from store.errors import CxrAlError
+from store.project import Project
 from ui import session, viewer
 
 PAGE_SIZE = 6
@@ -42,7 +43,7 @@ def _small_png(png_bytes: bytes, side: int = THUMBNAIL_SIDE) -> bytes:
     return buf.getvalue()
 
 
-def overlays_for(project: service.Project, round_id: int, image_ids: list[int]) -> dict[int, bytes]:
+def overlays_for(project: Project, round_id: int, image_ids: list[int]) -> dict[int, bytes]:
     """Grad-CAM++ overlays (predicted class) of the visible cards, cached per (round, image id); the
     missing ones are computed in one batch, so one model load serves a whole page. CxrAlError when the
     round has no model to explain."""
@@ -50,7 +51,7 @@ def overlays_for(project: service.Project, round_id: int, image_ids: list[int]) 
     missing = [int(i) for i in image_ids if int(i) not in store]
     if missing:
         with st.spinner(f"Computing Grad-CAM++ for {len(missing)} image(s) ..."):
-            for result in service.explain(project, missing, round_id=int(round_id)):
+            for result in explain.explain(project, missing, round_id=int(round_id)):
                 store[int(result["image_id"])] = _small_png(result["overlay_png"])
         while len(store) > MAX_OVERLAYS:  # oldest first: dicts keep insertion order
             store.pop(next(iter(store)))
@@ -61,16 +62,16 @@ def _say(text: str) -> None:
     st.session_state[MESSAGE_KEY] = text
 
 
-def _on_relabel(project: service.Project, image_id: int, label: str, user: dict[str, str]) -> None:
+def _on_relabel(project: Project, image_id: int, label: str, user: dict[str, str]) -> None:
     try:
-        progress.relabel(project, image_id, label, user["name"], any_image=progress.can_review_all(user["role"]))
+        review.relabel(project, image_id, label, user["name"], any_image=review.can_review_all(user["role"]))
     except CxrAlError as exc:
         _say(f":orange[{exc}]")
         return
     _say(f"Image {image_id} relabeled **{label}** (the earlier label is kept as superseded)")
 
 
-def _relabel_buttons(project: service.Project, image_id: int, own_label: str | None, user: dict[str, str],
+def _relabel_buttons(project: Project, image_id: int, own_label: str | None, user: dict[str, str],
                      key: str) -> None:
     """One button per class; the reviewer's current label of the image is the disabled one."""
     with st.container(horizontal=True, key=f"{key}-relabel"):
@@ -89,7 +90,7 @@ def _picture(item: pd.Series, overlay: bytes | None) -> tuple[bytes | None, str 
         return None, f"image cannot be shown: {exc}"
 
 
-def _page_overlays(project: service.Project, items: pd.DataFrame, wanted: bool) -> dict[int, bytes]:
+def _page_overlays(project: Project, items: pd.DataFrame, wanted: bool) -> dict[int, bytes]:
     """The overlays of these cards when switched on (a note says why when the model cannot be explained)."""
     rounds = items["model_round"].dropna().unique() if wanted and "model_round" in items.columns else []
     if len(rounds) == 0:
@@ -113,7 +114,7 @@ def _describe(item: pd.Series) -> str:
     return text
 
 
-def _card(project: service.Project, item: pd.Series, user: dict[str, str], own: dict[int, str],
+def _card(project: Project, item: pd.Series, user: dict[str, str], own: dict[int, str],
           history: bool, overlay: bytes | None, key: str) -> None:
     image_id = int(item["image_id"])
     with st.container(border=True, key=f"{key}-card-{image_id}"):
@@ -126,11 +127,11 @@ def _card(project: service.Project, item: pd.Series, user: dict[str, str], own: 
             st.caption(note)
         _relabel_buttons(project, image_id, own.get(image_id), user, f"{key}_{image_id}")
         if history:
-            st.dataframe(progress.label_history_table(project, image_id), hide_index=True,
+            st.dataframe(review.label_history_table(project, image_id), hide_index=True,
                          column_order=["label", "annotator", "created_at", "status", "superseded_by", "superseded_at"])
 
 
-def _gallery(project: service.Project, items: pd.DataFrame, user: dict[str, str], own: dict[int, str],
+def _gallery(project: Project, items: pd.DataFrame, user: dict[str, str], own: dict[int, str],
              options: dict[str, bool], key: str, empty: str) -> None:
     """One page of cards (PAGE_SIZE) with a page selector; only these cards are drawn and explained."""
     if items.empty:
@@ -149,7 +150,7 @@ def _gallery(project: service.Project, items: pd.DataFrame, user: dict[str, str]
             _card(project, item, user, own, options["history"], overlays.get(int(item["image_id"])), key)
 
 
-def _image_history(project: service.Project, user: dict[str, str], scope: str | None,
+def _image_history(project: Project, user: dict[str, str], scope: str | None,
                    own: dict[int, str], options: dict[str, bool]) -> None:
     """Any image by id (annotators: images they labeled): its picture, label history and relabel buttons."""
     image_id = int(st.number_input("Image id", min_value=1, step=1, key="review_image_id"))
@@ -161,7 +162,7 @@ def _image_history(project: service.Project, user: dict[str, str], scope: str | 
     except CxrAlError as exc:
         st.warning(str(exc))
         return
-    reviewed = progress.review_items(project, scope)
+    reviewed = review.review_items(project, scope)
     match = reviewed[reviewed["image_id"] == image_id]
     item = match.iloc[0] if len(match) else pd.Series(
         {"image_id": image_id, "path": info["path"], "label": None, "labeled_by": None, "model_round": None})
@@ -169,11 +170,11 @@ def _image_history(project: service.Project, user: dict[str, str], scope: str | 
     _card(project, item, user, own, False, overlay, "history")
     st.markdown("**Label history**")
     with st.container(key="review-history-table"):
-        st.dataframe(progress.label_history_table(project, image_id), hide_index=True)
+        st.dataframe(review.label_history_table(project, image_id), hide_index=True)
 
 
-def _confusion(project: service.Project, scope: str | None) -> None:
-    round_id, matrix = progress.latest_confusion_matrix(project)
+def _confusion(project: Project, scope: str | None) -> None:
+    round_id, matrix = review.latest_confusion_matrix(project)
     if matrix is None:
         st.info("No training round with a scored test split yet.")
     else:
@@ -181,7 +182,7 @@ def _confusion(project: service.Project, scope: str | None) -> None:
         with st.container(key="review-confusion-test"):
             st.dataframe(matrix)
     st.markdown("**Labels versus the latest model**" + (" (your labels)" if scope else " (consensus labels)"))
-    table = progress.labels_vs_predictions(project, scope)
+    table = review.labels_vs_predictions(project, scope)
     if int(table.to_numpy().sum()) == 0:
         st.caption("No labeled image has a prediction yet.")
     else:
@@ -193,7 +194,7 @@ def render() -> None:
     """The review page for the signed-in account."""
     user = session.require("review_own")
     project = session.project()
-    reviews_all = progress.can_review_all(user["role"])
+    reviews_all = review.can_review_all(user["role"])
     st.title("Review")
     with st.sidebar:
         overlays = st.toggle("Grad-CAM++ overlays", value=False, key="review_overlays",
@@ -216,16 +217,16 @@ def render() -> None:
     view = st.radio("View", VIEWS, horizontal=True, key="review_view", label_visibility="collapsed")
     if view == "Disagreements":
         st.caption("Labeled images the latest model predicts otherwise, its most confident objections first.")
-        _gallery(project, progress.model_disagreements(project, scope), user, own, options, "disagree",
+        _gallery(project, review.model_disagreements(project, scope), user, own, options, "disagree",
                  "No disagreements: either no model yet or the model agrees with every label.")
     elif view == "Least confident":
         st.caption("The latest model's least confident predictions" +
                    (" on your labeled images." if scope else " on the pool."))
-        _gallery(project, progress.least_confident(project, scope), user, own, options, "unsure",
+        _gallery(project, review.least_confident(project, scope), user, own, options, "unsure",
                  "No predictions yet: run a training round first.")
     elif view == "Class gallery":
         cls = st.selectbox("Class", project.classes, key="review_class")
-        _gallery(project, progress.class_gallery(project, cls, scope), user, own, options, "gallery",
+        _gallery(project, review.class_gallery(project, cls, scope), user, own, options, "gallery",
                  f"No image labeled {cls}" + (" by you" if scope == user["name"] else "") + " yet.")
     elif view == "Confusion matrix":
         _confusion(project, scope)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from active.accounts import can
-from active.serve import PROJECT_ENV
-from active.service import open_project
+from active.delivery.serve import PROJECT_ENV
+from active.engine.project import open_project
+from active.views.accounts import can
 from store.errors import CxrAlError
 from store.project import Project
 

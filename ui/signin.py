@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from active.accounts import authenticate
+from active.views.accounts import authenticate
 from ui import session
 
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from active import accounts
-from active.accounts import (
+from active.views import accounts
+from active.views.accounts import (
     add_user,
     authenticate,
     can,
@@ -82,7 +82,7 @@ def test_sign_in_logs_failures_and_slows_repeated_guesses(project):
 
 def test_cli_user_add_and_list(project):
     def cxr(*args, stdin=None):
-        return subprocess.run([sys.executable, "-m", "active.cli", *args], input=stdin, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "active.delivery.cli", *args], input=stdin, capture_output=True,
                               text=True, timeout=120)
 
     done = cxr("user", "add", str(project.root), "lena", "--role", "lead", "--password-stdin",

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def cxr(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "active.cli", *args], cwd=cwd, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "active.delivery.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
     if ok:
         assert proc.returncode == 0, proc.stderr

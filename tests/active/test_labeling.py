@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from active import labeling
+from active.engine import labeling
 from store.errors import CxrAlError
 from store.ingest import ingest_folder
 from store.phantoms import PHANTOM_CLASSES, write_phantom_dataset

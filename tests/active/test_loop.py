@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from active.rounds import embed, latest_round, pretrain, round_due, train
-from active.service import record_label, status
-from active.suggest import suggest
+from active.engine.labeling import record_label
+from active.engine.policy import round_due
+from active.engine.queue import suggest
+from active.engine.rounds import embed, latest_round, pretrain, train
+from active.views.status import status
 from store.errors import CxrAlError
 
 
@@ -73,7 +75,7 @@ def test_suggest_label_train_suggest(looped) -> None:
 
 def test_failed_round_is_recorded_and_next_round_retries(looped, monkeypatch) -> None:
     labels_before = len(looped.db.current_labels())
-    import active.jobs as jobs
+    import active.engine.jobs as jobs
 
     def broken(spec, out):
         raise RuntimeError("simulated crash in the middle of training")
@@ -132,7 +134,7 @@ def test_training_needs_two_classes(tmp_path) -> None:
 
 
 def test_explain_probe_round_and_neighbors(looped, tmp_path) -> None:
-    from active.service import explain, neighbors
+    from active.views.explain import explain, neighbors
 
     if latest_round(looped, "train") is None:
         oracle = _oracle(looped)
@@ -149,7 +151,7 @@ def test_explain_probe_round_and_neighbors(looped, tmp_path) -> None:
 
 
 def test_refresh_queue_after_a_round_replaces_stale_suggestions_but_keeps_claimed_ones(looped) -> None:
-    from active.suggest import refresh_queue
+    from active.engine.queue import refresh_queue
 
     if latest_round(looped, "train") is None:
         train(looped, mode="probe", in_child=False, progress=False, n_bootstrap=20)

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from active import progress
-from active.service import record_label, undo_label
+from active.engine import artifacts, policy
+from active.engine.labeling import record_label, undo_label
+from active.views import agreement, dashboard, review, status
 from store.errors import CxrAlError
 from store.export import labeled_set
 from store.project import open_project
@@ -101,37 +102,37 @@ def proj(seeded, tmp_path):
 
 def test_efficiency_curve_one_point_per_scored_round_with_ci(proj) -> None:
     project, _ = proj
-    curve = progress.efficiency_curve(project)
+    curve = dashboard.efficiency_curve(project)
     assert curve["round_id"].tolist() == [2, 5]  # failed and unscored rounds give no point
     assert curve["labels"].tolist() == [10, 16]
     assert curve["value"].tolist() == pytest.approx([0.70, 0.80])
     assert curve[["ci_low", "ci_high"]].to_numpy().ravel().tolist() == pytest.approx([0.60, 0.80, 0.72, 0.88])
-    balanced = progress.efficiency_curve(project, "balanced_accuracy")
+    balanced = dashboard.efficiency_curve(project, "balanced_accuracy")
     assert balanced["value"].tolist() == pytest.approx([0.50, 0.75])
-    assert progress.efficiency_curve(project, "hm").empty  # recorded by no round
+    assert dashboard.efficiency_curve(project, "hm").empty  # recorded by no round
     with pytest.raises(CxrAlError, match="unknown metric"):
-        progress.efficiency_curve(project, "auc")
+        dashboard.efficiency_curve(project, "auc")
 
 
 def test_simulation_curves_mean_and_band_per_strategy(proj) -> None:
     project, _ = proj
-    sim = progress.simulation_curves(project).set_index(["strategy", "labels"])
+    sim = dashboard.simulation_curves(project).set_index(["strategy", "labels"])
     assert set(sim.index.get_level_values(0)) == {"random", "entropy"}
     assert sim.loc[("random", 10), ["mean", "low", "high"]].tolist() == pytest.approx([0.61, 0.60, 0.62])
     assert sim.loc[("entropy", 20), "mean"] == pytest.approx(0.76)
     assert (sim["seeds"] == 2).all() and (sim["full_label"] == 0.9).all()
-    assert progress.simulation_curves(project, "hm").empty  # not in curves.csv
+    assert dashboard.simulation_curves(project, "hm").empty  # not in curves.csv
 
 
 def test_labels_per_class_and_annotator_throughput(proj) -> None:
     project, pool = proj
-    over_time = progress.labels_per_class_over_time(project)
+    over_time = dashboard.labels_per_class_over_time(project)
     last = over_time[over_time["time"] == over_time["time"].max()].set_index("label")["labels"]
     expected = labeled_set(project.db)["label"].value_counts()
     assert last.to_dict() == {c: int(expected.get(c, 0)) for c in project.classes}
     assert over_time.groupby("label")["labels"].apply(lambda s: s.is_monotonic_increasing).all()
 
-    stats = progress.annotator_stats(project).set_index("annotator")
+    stats = dashboard.annotator_stats(project).set_index("annotator")
     assert stats.loc["alice", "labels"] == 10 and stats.loc["carol", "labels"] == 6
     assert stats.loc["bob", "median_seconds"] == 9.0
     assert stats.loc["alice", "labels_per_hour"] == pytest.approx(3600 / 6)  # ten labels of 6 s each
@@ -140,24 +141,24 @@ def test_labels_per_class_and_annotator_throughput(proj) -> None:
     assert 12 / 3600 <= stats.loc["carol", "session_hours"] < 60 / 3600
     record_label(project, pool[20], N, "alice", seconds_spent=3.0)
     undo_label(project, "alice")  # a withdrawn label is not work done
-    assert progress.annotator_stats(project).set_index("annotator").loc["alice", "labels_given"] == 10
+    assert dashboard.annotator_stats(project).set_index("annotator").loc["alice", "labels_given"] == 10
 
 
 def test_fleiss_kappa_textbook_example_and_unequal_raters() -> None:
     # Fleiss (1971) as in the Wikipedia article: 10 subjects, 14 raters, 5 categories, kappa 0.210
     table = np.array([[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
                       [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]])
-    assert progress.fleiss_kappa(table) == pytest.approx(0.2099, abs=1e-4)
+    assert agreement.fleiss_kappa(table) == pytest.approx(0.2099, abs=1e-4)
     # unequal raters (2, 3, 2): P_i = 1, 1/3, 0 so P = 4/9; p = (5/7, 2/7) so P_e = 29/49
     unequal = np.array([[2, 0], [2, 1], [1, 1], [1, 0]])  # the last subject has one rater: left out
-    assert progress.fleiss_kappa(unequal) == pytest.approx((4 / 9 - 29 / 49) / (1 - 29 / 49))
-    assert np.isnan(progress.fleiss_kappa(np.array([[2, 0], [3, 0]])))  # one category only: undefined
-    assert np.isnan(progress.fleiss_kappa(np.array([[1, 0]])))  # no subject with two raters
+    assert agreement.fleiss_kappa(unequal) == pytest.approx((4 / 9 - 29 / 49) / (1 - 29 / 49))
+    assert np.isnan(agreement.fleiss_kappa(np.array([[2, 0], [3, 0]])))  # one category only: undefined
+    assert np.isnan(agreement.fleiss_kappa(np.array([[1, 0]])))  # no subject with two raters
 
 
 def test_agreement_on_the_double_read_set(proj) -> None:
     project, pool = proj
-    summary = progress.agreement_summary(project)
+    summary = agreement.agreement_summary(project)
     assert summary["double_read_images"] == 10 and summary["readers"] == ["alice", "bob"]
     assert summary["fleiss_kappa"] == pytest.approx(0.6)
     assert summary["percent_agreement"] == pytest.approx(0.8)
@@ -167,19 +168,19 @@ def test_agreement_on_the_double_read_set(proj) -> None:
     assert (pair["annotator_a"], pair["annotator_b"], pair["shared_images"]) == ("alice", "bob", 10)
     assert pair["kappa"] == pytest.approx(0.6) and pair["agreement"] == pytest.approx(0.8)
 
-    adjudicate = progress.adjudication_list(project)
+    adjudicate = agreement.adjudication_list(project)
     assert adjudicate["image_id"].tolist() == [pool[4], pool[9]]
     assert adjudicate["annotator_labels"].iloc[0] == f"alice={N};bob={C}"
 
     record_label(project, pool[10], G, "bob")  # bob now shares one image with carol
-    pairs = progress.pairwise_kappa(project).set_index(["annotator_a", "annotator_b"])
+    pairs = agreement.pairwise_kappa(project).set_index(["annotator_a", "annotator_b"])
     assert pairs.loc[("bob", "carol"), "shared_images"] == 1 and pairs.loc[("bob", "carol"), "agreement"] == 1.0
     assert np.isnan(pairs.loc[("bob", "carol"), "kappa"])  # one shared image, one category: undefined
 
 
 def test_round_history_with_failed_round_and_running_rounds(proj) -> None:
     project, _ = proj
-    history = progress.round_history(project)
+    history = status.round_history(project)
     assert history["round_id"].tolist() == [6, 5, 4, 3, 2, 1]  # newest first
     failed = history[history["status"] == "failed"]
     assert failed["round_id"].tolist() == [3]
@@ -187,12 +188,12 @@ def test_round_history_with_failed_round_and_running_rounds(proj) -> None:
     row = history.set_index("round_id").loc[5]
     assert row["macro_auc"] == pytest.approx(0.8) and row["labels"] == 16 and row["duration_s"] >= 0
     assert history.set_index("round_id").loc[1, "model"] == "simclr resnet18"
-    assert progress.running_rounds(project).empty
+    assert status.running_rounds(project).empty
     running = project.db.start_round("train", {"mode": "probe"})
-    now = progress.running_rounds(project)
+    now = status.running_rounds(project)
     assert now["round_id"].tolist() == [running] and now["duration_s"].iloc[0] >= 0
     with pytest.raises(CxrAlError, match="already running"):
-        progress.start_training_now(project, "lena")
+        policy.start_training_now(project, "lena")
 
 
 def test_dashboard_sees_a_killed_round_as_failed(proj) -> None:
@@ -205,9 +206,9 @@ def test_dashboard_sees_a_killed_round_as_failed(proj) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     gone = project.db.start_round("train", {"pid": dead.pid, "host": socket.gethostname()})
-    row = progress.round_history(project).set_index("round_id").loc[gone]
+    row = status.round_history(project).set_index("round_id").loc[gone]
     assert row["status"] == "failed" and "ended without finishing" in row["error"]
-    assert progress.running_rounds(project).empty
+    assert status.running_rounds(project).empty
 
 
 def test_train_now_needs_two_classes(tmp_path) -> None:
@@ -216,49 +217,49 @@ def test_train_now_needs_two_classes(tmp_path) -> None:
 
     project = init_project(tmp_path / "empty", list(PHANTOM_CLASSES), image_size=32)
     with pytest.raises(CxrAlError, match="two classes"):
-        progress.start_training_now(project, "lena")
+        policy.start_training_now(project, "lena")
     assert project.db.events("train_requested").empty
 
 
 def test_background_log_tail_reads_progress_bars(proj) -> None:
     project, _ = proj
-    assert progress.background_log_tail(project) == ""
-    log = project.artifacts / "rounds" / progress.BACKGROUND_LOG
+    assert status.background_log_tail(project) == ""
+    log = project.artifacts / "rounds" / artifacts.BACKGROUND_LOG
     log.parent.mkdir(parents=True)
     log.write_text("embedding\nfit:  10%|#\rfit:  50%|#####\rfit: 100%|##########\n")
-    assert progress.background_log_tail(project, lines=2) == "fit:  50%|#####\nfit: 100%|##########"
+    assert status.background_log_tail(project, lines=2) == "fit:  50%|#####\nfit: 100%|##########"
 
 
 def test_review_lists(proj) -> None:
     project, pool = proj
-    disagree = progress.model_disagreements(project)
+    disagree = review.model_disagreements(project)
     assert disagree["image_id"].tolist() == [pool[1], pool[12], pool[6]]  # surest objection first
     assert disagree["pred"].tolist() == [C, N, G] and disagree["model_round"].eq(5).all()
     # alice's own reading of the two contested images differs from the consensus the model learned
-    assert progress.model_disagreements(project, "alice")["image_id"].tolist() == [pool[1], pool[4], pool[9], pool[6]]
-    assert progress.model_disagreements(project, "carol")["image_id"].tolist() == [pool[12]]
+    assert review.model_disagreements(project, "alice")["image_id"].tolist() == [pool[1], pool[4], pool[9], pool[6]]
+    assert review.model_disagreements(project, "carol")["image_id"].tolist() == [pool[12]]
 
-    unsure = progress.least_confident(project, limit=5)
+    unsure = review.least_confident(project, limit=5)
     assert unsure["image_id"].iloc[0] == pool[20] and pd.isna(unsure["label"].iloc[0])
     assert unsure["confidence"].is_monotonic_increasing and len(unsure) == 5
-    assert set(progress.least_confident(project, "carol", limit=None)["image_id"]) == set(pool[10:16])
-    assert not set(progress.least_confident(project, limit=None)["image_id"]) & set(project.db.images("test")["id"])
+    assert set(review.least_confident(project, "carol", limit=None)["image_id"]) == set(pool[10:16])
+    assert not set(review.least_confident(project, limit=None)["image_id"]) & set(project.db.images("test")["id"])
 
-    gallery = progress.class_gallery(project, "groundglass", "carol")
+    gallery = review.class_gallery(project, "groundglass", "carol")
     assert set(gallery["image_id"]) == {pool[10], pool[11], pool[14]} and (gallery["label"] == G).all()
     assert gallery["path"].map(lambda p: Path(p).is_file()).all()
 
-    round_id, matrix = progress.latest_confusion_matrix(project)
+    round_id, matrix = review.latest_confusion_matrix(project)
     assert round_id == 5 and matrix.loc[C, N] == 1 and matrix.to_numpy().sum() == 8
-    crosstab = progress.labels_vs_predictions(project, "alice")
+    crosstab = review.labels_vs_predictions(project, "alice")
     assert crosstab.loc[N, C] == 2 and crosstab.loc[C, G] == 1 and crosstab.to_numpy().sum() == 10
 
 
 def test_relabel_supersedes_the_old_label_with_who_and_when(proj) -> None:
     project, pool = proj
     image_id = pool[1]
-    new_id = progress.relabel(project, image_id, "consolidation", "alice")
-    history = progress.label_history_table(project, image_id).set_index("label_id")
+    new_id = review.relabel(project, image_id, "consolidation", "alice")
+    history = review.label_history_table(project, image_id).set_index("label_id")
     old = history[(history["annotator"] == "alice") & (history.index != new_id)].iloc[0]
     assert old["label"] == N and old["status"] == "superseded"
     assert old["superseded_by"] == "alice" and pd.notna(old["superseded_at"])
@@ -266,10 +267,10 @@ def test_relabel_supersedes_the_old_label_with_who_and_when(proj) -> None:
     mine = project.db.current_labels()
     assert mine[(mine["image_id"] == image_id) & (mine["annotator"] == "alice")]["label"].tolist() == [C]
     with pytest.raises(CxrAlError, match="already has your label"):
-        progress.relabel(project, image_id, C, "alice")
+        review.relabel(project, image_id, C, "alice")
     with pytest.raises(CxrAlError, match="only images you labeled"):
-        progress.relabel(project, pool[12], N, "alice")  # carol's image
-    lead_id = progress.relabel(project, pool[12], N, "lena", any_image=True)  # leads may relabel any image
-    assert progress.label_history_table(project, pool[12]).set_index("label_id").loc[lead_id, "annotator"] == "lena"
+        review.relabel(project, pool[12], N, "alice")  # carol's image
+    lead_id = review.relabel(project, pool[12], N, "lena", any_image=True)  # leads may relabel any image
+    assert review.label_history_table(project, pool[12]).set_index("label_id").loc[lead_id, "annotator"] == "lena"
     with pytest.raises(CxrAlError, match="unknown class"):
-        progress.relabel(project, image_id, "Pneumothorax", "alice")
+        review.relabel(project, image_id, "Pneumothorax", "alice")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from active.simulate import (
+from active.engine.simulate import (
     SimulationData,
     project_for_simulation,
     run_strategy,
@@ -52,7 +52,7 @@ def test_simulation_writes_curves_summary_plot_and_records_itself(sim_project, t
 
 
 def test_test_split_is_never_selected(sim_project) -> None:
-    from active.simulate import load_simulation_data
+    from active.engine.simulate import load_simulation_data
 
     data = load_simulation_data(sim_project)
     test_ids = set(sim_project.db.images("test")["id"])
@@ -81,7 +81,7 @@ def test_uncertainty_and_hybrid_save_labels_over_random() -> None:
     pool_x, pool_y = sample(n_pool)
     test_x, test_y = sample(n_test)
     data = SimulationData(["A", "B", "C", "D"], "B", pool_x, pool_y, test_x, test_y, np.arange(n_pool))
-    from active.simulate import _fit_predict, _score
+    from active.engine.simulate import _fit_predict, _score
 
     full = _score(data, _fit_predict(data, np.ones(n_pool, dtype=bool), 0)[1])
     points = [p for seed in range(3) for s in ("random", "entropy", "hybrid")

@@ -77,7 +77,7 @@ def test_unknown_method_is_a_user_error():
 
 
 def test_presets_are_valid_and_unknown_names_are_refused() -> None:
-    from active.cli import build_parser
+    from active.delivery.cli import build_parser
     from models.augment import AUGMENT_PRESETS, DEFAULT_PRESET, augment_preset
 
     assert augment_preset("gentle").min_scale > augment_preset("standard").min_scale
@@ -91,6 +91,6 @@ def test_presets_are_valid_and_unknown_names_are_refused() -> None:
         parser.parse_args(["pretrain", "proj", "--augment", "strong"])
     import inspect
 
-    from active.rounds import pretrain
+    from active.engine.rounds import pretrain
 
     assert inspect.signature(pretrain).parameters["augment"].default == DEFAULT_PRESET

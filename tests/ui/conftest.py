@@ -22,7 +22,7 @@ QUEUED = 16  # unassigned suggestions; the rest of the pool is served in id orde
 
 def make_labeling_project(root: Path, *, n: int = 48, size: int = 96, queued: int = QUEUED):
     """A phantom project (20% test split, ground truth hidden) with the accounts above and a queue."""
-    from active.accounts import add_user
+    from active.views.accounts import add_user
     from store.ingest import ingest_folder
     from store.phantoms import PHANTOM_CLASSES, write_phantom_dataset
     from store.project import init_project
@@ -63,7 +63,7 @@ def browser_project(tmp_path_factory):
 @pytest.fixture(scope="session")
 def app_url(browser_project, tmp_path_factory) -> Iterator[str]:
     """Start the app the way `cxr-al serve` does on a free local port; stop it after the session."""
-    from active.serve import free_port, start_server, wait_until_ready
+    from active.delivery.serve import free_port, start_server, wait_until_ready
 
     port = free_port()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

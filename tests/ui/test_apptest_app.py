@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from active.accounts import authenticate
+from active.views.accounts import authenticate
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
@@ -117,7 +117,7 @@ def test_label_page_panels_prediction_neighbours_and_round_status(served):
     import numpy as np
     import pandas as pd
 
-    from active.rounds import EMBEDDINGS_NAME
+    from active.engine.artifacts import EMBEDDINGS_NAME
     from store.embeddings import save_embeddings
 
     images = served.db.images()
@@ -151,7 +151,8 @@ def test_an_abandoned_round_is_reaped_and_does_not_block_the_policy(served):
     import subprocess
     import sys
 
-    from active.rounds import reap_abandoned_rounds, round_progress
+    from active.engine.rounds import reap_abandoned_rounds
+    from active.views.status import round_progress
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

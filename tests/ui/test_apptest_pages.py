@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from active.service import record_label
+from active.engine.labeling import record_label
 from store.export import labeled_set
 from store.project import open_project
 
@@ -246,7 +246,7 @@ def test_lead_changes_the_round_policy_and_it_is_logged(project) -> None:
 
 
 def test_bad_round_policy_values_change_nothing(project) -> None:
-    from active.service import update_round_policy
+    from active.engine.policy import update_round_policy
     from store.errors import CxrAlError
 
     proj, _ = project

@@ -11,8 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from active.accounts import authenticate
-from active.serve import free_port
+from active.delivery.serve import free_port
+from active.views.accounts import authenticate
 from store.project import open_project
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 90) -> No
 def test_demo_prepares_a_project_with_an_account_then_serves_it(tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "active.cli", "demo", "--dir", str(tmp_path / "demo"), "--n", "24",
+    proc = subprocess.Popen([sys.executable, "-m", "active.delivery.cli", "demo", "--dir", str(tmp_path / "demo"), "--n", "24",
                              "--epochs", "1", "--port", str(port)], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -52,7 +52,7 @@ def test_demo_prepares_a_project_with_an_account_then_serves_it(tmp_path):
 
 def test_serve_refuses_a_bad_project_and_a_taken_port(tmp_path, ui_project):
     def serve(*args):
-        return subprocess.run([sys.executable, "-m", "active.cli", "serve", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "active.delivery.cli", "serve", *args], capture_output=True, text=True,
                               timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
 
     missing = serve(str(tmp_path / "nowhere"))

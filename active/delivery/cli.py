@@ -55,7 +55,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from active.service import create_project
+    from active.engine.project import create_project
 
     project = create_project(args.project_dir, args.classes, image_size=args.image_size, backbone=args.backbone,
                              positive_class=args.positive_class)
@@ -65,7 +65,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from active.service import ingest, open_project
+    from active.engine.project import ingest, open_project
 
     project = open_project(args.project_dir)
     with progress_bar("ingest") as (advance, set_total):
@@ -93,7 +93,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from active.service import open_project, status
+    from active.engine.project import open_project
+    from active.views.status import status
 
     info = status(open_project(args.project_dir))
     if args.json:
@@ -121,13 +122,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from active.service import open_project, record_label
+    from active.engine.labeling import record_label
+    from active.engine.project import open_project
 
     project = open_project(args.project_dir)
     label_id = record_label(project, args.image_id, args.label, args.annotator, seconds_spent=args.seconds)
     print(f"label {label_id}: image {args.image_id} = {project.canonical_class(args.label)} by {args.annotator}")
     if not args.no_auto_train:
-        from active.rounds import round_due, start_round_in_background
+        from active.engine.policy import round_due, start_round_in_background
 
         if round_due(project):
             pid = start_round_in_background(project)
@@ -137,7 +139,8 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    from active.service import open_project, undo_label
+    from active.engine.labeling import undo_label
+    from active.engine.project import open_project
 
     undone = undo_label(open_project(args.project_dir), args.annotator)
     if undone is None:
@@ -148,7 +151,8 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from active.service import export, open_project
+    from active.engine.project import open_project
+    from active.views.export import export
 
     classes = [c for c in args.classes.split(",") if c.strip()] if args.classes else None
     path, n = export(open_project(args.project_dir), args.out, args.format, split=args.split, classes=classes,
@@ -158,8 +162,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from active.rounds import pretrain
-    from active.service import open_project
+    from active.engine.project import open_project
+    from active.engine.rounds import pretrain
 
     result = pretrain(open_project(args.project_dir), method=args.method, backbone=args.backbone, init=args.init,
                       epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
@@ -173,8 +177,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from active.rounds import embed
-    from active.service import open_project
+    from active.engine.project import open_project
+    from active.engine.rounds import embed
 
     result = embed(open_project(args.project_dir), checkpoint=args.checkpoint, init=args.init,
                    batch_size=args.batch_size, device=args.device, allow_download=args.download_weights)
@@ -183,8 +187,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from active.rounds import round_due, train
-    from active.service import open_project
+    from active.engine.policy import round_due
+    from active.engine.project import open_project
+    from active.engine.rounds import train
 
     project = open_project(args.project_dir)
     if args.if_due and not round_due(project):
@@ -197,7 +202,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"round {result['round_id']} ({args.mode or project.round_policy['mode']}, {m['n_train']} labels): "
           f"{shown or 'no test split to score'}")
     if not args.keep_queue:
-        from active.suggest import refresh_queue
+        from active.engine.queue import refresh_queue
 
         fresh = refresh_queue(project, seed=args.seed)
         print(f"queued {len(fresh)} new suggestions scored by round {result['round_id']}")
@@ -205,8 +210,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from active.service import open_project, validate_annotator
-    from active.suggest import suggest
+    from active.engine.labeling import validate_annotator
+    from active.engine.project import open_project
+    from active.engine.queue import suggest
 
     annotator = validate_annotator(args.annotator) if args.annotator else None
     added = suggest(open_project(args.project_dir), args.n, strategy=args.strategy, annotator=annotator,
@@ -218,7 +224,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from active.simulate import DEFAULT_STRATEGIES, project_for_simulation, simulate
+    from active.engine.simulate import DEFAULT_STRATEGIES, project_for_simulation, simulate
 
     project = project_for_simulation(args.source, Path(args.out), checkpoint=args.checkpoint, init=args.init,
                                      pretrain_epochs=args.pretrain_epochs, test_fraction=args.test_fraction,
@@ -240,12 +246,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from active.demo import run_demo
+    from active.delivery.demo import run_demo
 
     info = run_demo(args.dir, n=args.n, seed=args.seed, epochs=args.epochs)
     if args.no_serve:
         return 0
-    from active.serve import serve
+    from active.delivery.serve import serve
 
     print(f"sign in as {info['account']['name']!r} with password {info['account']['password']!r} "
           f"({info['account']['role']})", flush=True)
@@ -253,14 +259,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from active.serve import serve
+    from active.delivery.serve import serve
 
     return serve(args.project_dir, port=args.port, host=args.host, open_browser=args.open)
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    from active.accounts import add_user, read_password
-    from active.service import open_project
+    from active.engine.project import open_project
+    from active.views.accounts import add_user, read_password
 
     project = open_project(args.project_dir)
     password = read_password(from_stdin=args.password_stdin)
@@ -270,8 +276,8 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
-    from active.accounts import list_users
-    from active.service import open_project
+    from active.engine.project import open_project
+    from active.views.accounts import list_users
 
     users = list_users(open_project(args.project_dir))
     if args.json:
@@ -284,7 +290,8 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from active.service import explain, open_project
+    from active.engine.project import open_project
+    from active.views.explain import explain
 
     project = open_project(args.project_dir)
     (result,) = explain(project, [args.image_id], class_name=args.class_name, round_id=args.round)

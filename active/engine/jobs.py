@@ -3,7 +3,7 @@
 DESIGN: the process that owns the project database hands a job a snapshot (a JSON spec with the
 image paths, ids and labels it needs), the job writes its results to files (checkpoint,
 predictions Parquet, metrics JSON) and never touches the database; the owner records them.
-`python -m active.jobs SPEC.json` is the child's entry point; run_job() runs the same code in-process.
+`python -m active.engine.jobs SPEC.json` is the child's entry point; run_job() runs the same code in-process.
 """
 
 from __future__ import annotations
@@ -137,9 +137,9 @@ def run_in_child(spec: dict[str, Any]) -> dict[str, Any]:
         (out / stale).unlink(missing_ok=True)
     spec_path = out / "spec.json"
     spec_path.write_text(json.dumps(spec, default=str))
-    repo_root = str(Path(__file__).resolve().parents[1])
+    repo_root = str(Path(__file__).resolve().parents[2])
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "active.jobs", str(spec_path)], env=env)
+    proc = subprocess.run([sys.executable, "-m", "active.engine.jobs", str(spec_path)], env=env)
     if proc.returncode != 0 or not (out / RESULT_NAME).exists():
         detail = (out / ERROR_NAME).read_text() if (out / ERROR_NAME).exists() else f"exit status {proc.returncode}"
         raise JobFailed(f"{spec['task']} job failed: {detail.strip().splitlines()[-1] if detail.strip() else detail}",

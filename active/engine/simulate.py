@@ -41,7 +41,7 @@ class SimulationData:
 
 def load_simulation_data(project: Project) -> SimulationData:
     """Pool and test embeddings of a project with hidden ground truth (ingested --as oracle)."""
-    from active.rounds import embeddings_for
+    from active.engine.artifacts import embeddings_for
 
     images = project.db.images()
     oracle = project.db.oracle_labels().merge(images[["id", "split"]], left_on="image_id", right_on="id")
@@ -221,7 +221,8 @@ def project_for_simulation(source: Path | str, out_dir: Path, *, checkpoint: str
     """The project a simulation runs on: SOURCE itself when it is a project, else a project made in
     OUT/project from an ImageFolder of labeled images (ground truth hidden as oracle labels),
     pretrained and embedded once; a second run reuses it."""
-    from active.rounds import EMBEDDINGS_NAME, embed, latest_round, pretrain
+    from active.engine.artifacts import EMBEDDINGS_NAME
+    from active.engine.rounds import embed, latest_round, pretrain
     from store.ingest import ingest_folder
     from store.project import CONFIG_NAME, init_project, open_project
 

@@ -16,6 +16,7 @@ claim, not a handful of full-table reads per key press.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -24,9 +25,39 @@ from typing import Any
 
 import pandas as pd
 
-from active.service import record_label, undo_label, validate_annotator
 from store.errors import CxrAlError
 from store.project import Project
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+RESERVED_NAMES = {"import", "oracle", "system"}
+
+
+def validate_annotator(name: str) -> str:
+    """Annotator names are short identifiers; 'import' and 'oracle' are reserved for the system."""
+    name = (name or "").strip()
+    if not _NAME_RE.match(name):
+        raise CxrAlError(f"annotator name {name!r} is not valid: use letters, digits and _ . @ - (max 64)")
+    if name.lower() in RESERVED_NAMES:
+        raise CxrAlError(f"annotator name {name!r} is reserved; choose another")
+    return name
+
+
+def record_label(project: Project, image_id: int, label: str, annotator: str, *,
+                 seconds_spent: float | None = None, source: str = "cli") -> int:
+    """Validate and store one label; it is committed when this returns. Returns the label id."""
+    canonical = project.canonical_class(label)
+    annotator = validate_annotator(annotator)
+    if seconds_spent is not None and not (0 <= float(seconds_spent) < 86400):
+        raise CxrAlError("seconds spent must be between 0 and 86400")
+    return project.db.add_label(int(image_id), canonical, annotator, seconds_spent=seconds_spent, source=source)
+
+
+def undo_label(project: Project, annotator: str) -> dict[str, Any] | None:
+    """Withdraw the annotator's last label (the one before it, if any, becomes current again)."""
+    return project.db.undo_last_label(validate_annotator(annotator))
+
 
 SNAPSHOT_TTL_S = 20.0
 _ROUND_CHECK = threading.Lock()
@@ -163,7 +194,7 @@ def start_round_if_due(project: Project) -> int | None:
     """Start a background training round when the round policy says one is due; returns its pid.
 
     At most one check runs at a time in this process (the child re-checks the policy itself)."""
-    from active.rounds import round_due, start_round_in_background
+    from active.engine.policy import round_due, start_round_in_background
 
     if int(project.round_policy.get("train_every") or 0) <= 0 or not _ROUND_CHECK.acquire(blocking=False):
         return None

@@ -15,7 +15,7 @@ from pathlib import Path
 from store.errors import CxrAlError
 from store.project import open_project
 
-APP_PATH = Path(__file__).resolve().parents[1] / "app.py"
+APP_PATH = Path(__file__).resolve().parents[2] / "app.py"
 PROJECT_ENV = "CXR_AL_PROJECT"
 
 

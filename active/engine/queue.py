@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from active.rounds import embeddings_for, latest_predictions, latest_round
+from active.engine.artifacts import embeddings_for
+from active.engine.rounds import latest_predictions, latest_round
 from store.errors import CxrAlError
 from store.project import Project
 

@@ -1,28 +1,20 @@
-"""Rounds: pretraining, embedding and training jobs recorded in the project, and the round policy."""
+"""Rounds: pretraining, embedding and training jobs, each recorded in the project before its child starts."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 import os
 import socket
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from active.jobs import run_in_child, run_job
-from store.db import utcnow
+from active.engine.artifacts import EMBEDDINGS_NAME, INDEX_DIR, embeddings_for
+from active.engine.jobs import run_in_child, run_job
 from store.errors import CxrAlError
 from store.export import labeled_set
 from store.project import Project
-
-BACKGROUND_LOG = "background.log"  # in artifacts/rounds: what background rounds print
-
-EMBEDDINGS_NAME = "embeddings.parquet"
-INDEX_DIR = "index"
 
 
 def _run(spec: dict[str, Any], in_child: bool) -> dict[str, Any]:
@@ -36,8 +28,6 @@ def latest_round(project: Project, kind: str) -> dict[str, Any] | None:
     if done.empty:
         return None
     row = done.iloc[-1].to_dict()
-    row["metrics"] = json.loads(row["metrics"]) if row.get("metrics") else {}
-    row["params"] = json.loads(row["params"]) if row.get("params") else {}
     return row
 
 
@@ -146,40 +136,6 @@ def embed(project: Project, *, checkpoint: str | None = None, init: str | None =
     return _recorded(project, "embed", params, spec, in_child, record)
 
 
-def embeddings_for(project: Project, image_ids: np.ndarray) -> np.ndarray:
-    """Embeddings in the order of image_ids; CxrAlError when some image has none yet."""
-    from store.embeddings import load_embeddings
-
-    path = project.artifacts / EMBEDDINGS_NAME
-    if not path.exists():
-        raise CxrAlError("no embeddings yet: run `cxr-al embed` first")
-    ids, vectors, _ = load_embeddings(path)
-    pos = pd.Series(np.arange(len(ids)), index=ids)
-    missing = np.setdiff1d(image_ids, ids)
-    if len(missing):
-        raise CxrAlError(f"{len(missing)} images have no embedding yet (e.g. id {missing[0]}): run `cxr-al embed`")
-    return vectors[pos.loc[image_ids].to_numpy()]
-
-
-def load_index(project: Project):
-    """The project's FAISS index, rebuilt from the embeddings when stale or missing; kept in memory until the
-    embeddings file changes (the label page asks for neighbours of every image it shows)."""
-    path = project.artifacts / EMBEDDINGS_NAME
-    if not path.exists():
-        raise CxrAlError("no embeddings yet: run `cxr-al embed` first")
-    stat = path.stat()
-    return _index_for(str(path), str(project.artifacts / INDEX_DIR), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=4)
-def _index_for(embeddings_path: str, index_dir: str, mtime_ns: int, size: int):
-    from store.embeddings import load_embeddings
-    from store.index import EmbeddingIndex
-
-    ids, vectors, tag = load_embeddings(embeddings_path)
-    return EmbeddingIndex.load_or_build(index_dir, ids, vectors, tag)
-
-
 # ----------------------------------------------------------------------------- training rounds
 def ground_truth(project: Project) -> pd.DataFrame:
     """Labels that count as truth for training and test metrics: consensus labels, else hidden oracle labels
@@ -238,14 +194,6 @@ def train(project: Project, *, mode: str | None = None, epochs: int | None = Non
     return _recorded(project, "train", params, spec, in_child, record)
 
 
-def labels_since_last_train(project: Project, train_rounds: pd.DataFrame | None = None) -> int:
-    """Labeled images added since the last successful training round started (`train_rounds`: the train
-    rounds when the caller has just read them)."""
-    rounds = project.db.rounds("train") if train_rounds is None else train_rounds
-    done = rounds[rounds["status"] == "done"]
-    return project.db.count_labeled_since(done["started_at"].iloc[-1] if len(done) else None, split="pool")
-
-
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -263,7 +211,7 @@ def reap_abandoned_rounds(project: Project, rounds: pd.DataFrame | None = None) 
     rounds = project.db.rounds() if rounds is None else rounds
     reaped = []
     for row in rounds[rounds["status"] == "running"].itertuples():
-        params = json.loads(row.params) if row.params else {}
+        params = row.params
         pid, host = params.get("pid"), params.get("host")
         if pid is None or host != socket.gethostname() or _process_alive(int(pid)):
             continue
@@ -282,63 +230,6 @@ def current_rounds(project: Project, kind: str | None = None) -> pd.DataFrame:
     return rounds if kind is None else rounds[rounds["kind"] == kind].reset_index(drop=True)
 
 
-def round_progress(project: Project) -> dict[str, Any]:
-    """What the label page shows about training: the running round (elapsed, estimated fraction), the latest
-    finished one, a failure newer than it, and how many labels until the policy fires."""
-    rounds = current_rounds(project, "train")
-    done = rounds[rounds["status"] == "done"]
-    running = rounds[rounds["status"] == "running"]
-    info: dict[str, Any] = {"running": None, "latest": None, "failed": None, "labels_to_next": None}
-    if len(done):
-        last = done.iloc[-1]
-        info["latest"] = {"id": int(last["id"]), "n_train": int(json.loads(last["params"] or "{}").get("n_train", 0)),
-                          "finished_at": last["finished_at"]}
-    if len(running):
-        row = running.iloc[-1]
-        elapsed = (utcnow() - row["started_at"]).total_seconds()
-        durations = (done["finished_at"] - done["started_at"]).dt.total_seconds().tail(3)
-        typical = float(durations.median()) if len(durations) else None
-        fraction = None if not typical else min(0.95, elapsed / typical)
-        info["running"] = {"id": int(row["id"]), "elapsed_s": elapsed, "fraction": fraction,
-                           "stage": "training" if typical is None else f"training (about {typical:.0f} s per round)"}
-    if len(rounds) and rounds.iloc[-1]["status"] == "failed":
-        info["failed"] = {"id": int(rounds.iloc[-1]["id"]), "error": str(rounds.iloc[-1]["error"])}
-    every = int(project.round_policy.get("train_every") or 0)
-    if every > 0:
-        info["labels_to_next"] = max(0, every - labels_since_last_train(project, rounds))
-    return info
-
-
-def round_due(project: Project) -> bool:
-    """True when the round policy says a training round should start now."""
-    every = int(project.round_policy["train_every"])
-    if every <= 0:
-        return False
-    rounds = current_rounds(project, "train")
-    if (rounds["status"] == "running").any():
-        return False
-    return labels_since_last_train(project, rounds) >= every
-
-
-def start_round_in_background(project: Project, *, if_due: bool = True) -> int:
-    """Start `cxr-al train PROJECT` as a detached process; returns its pid. Its output goes to
-    artifacts/rounds/background.log.
-
-    With if_due (the round policy fired) the process re-checks the policy (`--if-due`), so two triggers
-    close together start at most one round; without it (a lead's "Train now") it trains whatever the policy."""
-    import subprocess
-    import sys
-
-    log_dir = project.artifacts / "rounds"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "active.cli", "train", str(project.root.resolve())]
-    with open(log_dir / BACKGROUND_LOG, "ab") as log:
-        proc = subprocess.Popen(command + (["--if-due"] if if_due else []),
-                                stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-                                cwd=str(Path(__file__).resolve().parents[1]))
-    return proc.pid
-
-
 def latest_predictions(project: Project) -> tuple[int | None, pd.DataFrame]:
     """(round id, predictions with image_id, probs, pred, confidence) of the latest training round."""
     last = latest_round(project, "train")
@@ -349,3 +240,4 @@ def latest_predictions(project: Project) -> tuple[int | None, pd.DataFrame]:
     preds["pred"] = [project.classes[i] for i in probs.argmax(axis=1)] if len(preds) else []
     preds["confidence"] = probs.max(axis=1) if len(preds) else []
     return int(last["id"]), preds
+

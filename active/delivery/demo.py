@@ -22,8 +22,8 @@ def run_demo(root: Path | str = "demo", *, n: int = 240, seed: int = 0, image_si
     """Build (or reuse) the demo project under root; returns its status, project_dir and the demo account."""
     import torch
 
-    from active.rounds import embed, latest_round, pretrain
-    from active.suggest import suggest
+    from active.engine.queue import suggest
+    from active.engine.rounds import embed, latest_round, pretrain
     from store.ingest import ingest_folder
 
     root = Path(root)
@@ -53,8 +53,8 @@ def run_demo(root: Path | str = "demo", *, n: int = 240, seed: int = 0, image_si
     if project.db.open_queue().empty:
         queued = suggest(project, 16, strategy="auto", seed=seed)
         log(f"[5/5] queued {len(queued)} cold-start suggestions (TypiClust on the SSL embeddings)")
-    from active.accounts import add_user
-    from active.service import status
+    from active.views.accounts import add_user
+    from active.views.status import status
 
     password = secrets.token_urlsafe(9)
     account = add_user(project, DEMO_ACCOUNT, "admin", password)

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import pandas as pd
 
-from active.service import validate_annotator
+from active.engine.labeling import validate_annotator
 from store.db import utcnow
 from store.errors import CxrAlError
 from store.project import Project
