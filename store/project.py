@@ -93,8 +93,12 @@ class Project:
         return found
 
     def save_config(self) -> None:
-        """Write project.yaml atomically (a crash never leaves half a config)."""
-        write_config(self.root / CONFIG_NAME, self.config)
+        """Validate, then write project.yaml atomically (a bad value or a crash never leaves a bad config)."""
+        from store.config import validate_config
+
+        path = self.root / CONFIG_NAME
+        self.config = validate_config(self.config, str(path))
+        write_config(path, self.config)
 
 
 def write_config(path: Path, config: dict[str, Any]) -> None:
@@ -108,6 +112,9 @@ def write_config(path: Path, config: dict[str, Any]) -> None:
 def init_project(root: Path | str, classes: list[str], *, image_size: int = 224, backbone: str = "resnet18",
                  positive_class: str | None = None, name: str | None = None) -> Project:
     """Create PROJECT_DIR with an empty database and its config; refuses to overwrite a project."""
+    # imported here, not at the top: store.config imports this module
+    from store.config import validate_config
+
     root = Path(root)
     classes = validate_classes(classes)
     if (root / DB_NAME).exists() or (root / CONFIG_NAME).exists():
@@ -129,13 +136,17 @@ def init_project(root: Path | str, classes: list[str], *, image_size: int = 224,
         "double_read_fraction": 0.0,
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    config = validate_config(config, str(root / CONFIG_NAME))
     ProjectDB(root / DB_NAME).create()
     write_config(root / CONFIG_NAME, config)
     return Project(root, config)
 
 
 def open_project(root: Path | str) -> Project:
-    """Open an existing project folder; CxrAlError when it is not one."""
+    """Open an existing project folder; CxrAlError when it is not one or its project.yaml is invalid."""
+    # imported here, not at the top: store.config imports this module
+    from store.config import validate_config
+
     root = Path(root)
     cfg_path = root / CONFIG_NAME
     if not root.is_dir():
@@ -148,8 +159,5 @@ def open_project(root: Path | str) -> Project:
         raise CxrAlError(f"{cfg_path} is not valid YAML: {exc}") from exc
     if not isinstance(config, dict) or "classes" not in config:
         raise CxrAlError(f"{cfg_path} has no 'classes' list")
-    config["classes"] = validate_classes(list(config["classes"]))
-    config.setdefault("positive_class", default_positive_class(config["classes"]))
-    config.setdefault("image_size", 224)
-    config.setdefault("backbone", "resnet18")
+    config = validate_config(config, str(cfg_path))  # the schema (store/config.py), defaults filled in
     return Project(root, config)
