@@ -24,7 +24,7 @@ import pandas as pd
 
 from store.errors import CxrAlError, ProjectBusyError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_BUSY_TIMEOUT_S = 15.0
 
 # Forward migrations: MIGRATIONS[v] takes a database at version v-1 to version v.
@@ -100,6 +100,33 @@ MIGRATIONS: dict[int, list[str]] = {
             payload VARCHAR)""",
     ],
 }
+
+
+# v2 changes no table: it rewrites recorded artifact paths relative to the project root (_relative_paths).
+MIGRATIONS[2] = []
+
+
+def relative_artifact_path(recorded: str | None, root: Path) -> str | None:
+    """A recorded artifact path made relative to the project root: absolute ones inside the root lose the
+    root; relative ones written against some other working folder keep their part from `artifacts/` on,
+    when that file is in this project. Anything else is returned unchanged."""
+    if not recorded:
+        return recorded
+    root = root.resolve()
+    path = Path(recorded)
+    if path.is_absolute():
+        try:
+            return path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            pass
+    elif (root / path).exists():
+        return path.as_posix()
+    parts = path.parts
+    if "artifacts" in parts:
+        tail = Path(*parts[parts.index("artifacts"):])
+        if (root / tail).exists():
+            return tail.as_posix()
+    return recorded
 
 
 def utcnow() -> datetime:
@@ -202,13 +229,22 @@ class ProjectDB:
         with self.read() as con:
             return int(con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
 
-    def migrate(self) -> int:
-        """Bring an older database forward to SCHEMA_VERSION; returns the version it ends at."""
+    def migrate(self, root: Path | None = None) -> int:
+        """Bring an older database forward to SCHEMA_VERSION (a read when it is current already); returns the
+        version it ends at. `root`: the project folder, for v2's rewrite of recorded artifact paths."""
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise CxrAlError(f"project schema v{current} is newer than this CXR-AL (v{SCHEMA_VERSION}); upgrade CXR-AL")
+        if current == SCHEMA_VERSION:
+            return current
         with self.write() as con:
             current = int(con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
-            if current > SCHEMA_VERSION:
-                raise CxrAlError(f"project schema v{current} is newer than this CXR-AL (v{SCHEMA_VERSION}); upgrade CXR-AL")
             self._migrate(con, current)
+            if current < 2:
+                root = self.path.parent if root is None else Path(root)
+                rows = con.execute("SELECT id, checkpoint FROM rounds WHERE checkpoint IS NOT NULL").fetchall()
+                con.executemany("UPDATE rounds SET checkpoint = ? WHERE id = ?",
+                                [(relative_artifact_path(ckpt, root), rid) for rid, ckpt in rows])
         return SCHEMA_VERSION
 
     @staticmethod

@@ -115,7 +115,7 @@ def init_project(root: Path | str, classes: list[str], *, image_size: int = 224,
     # imported here, not at the top: store.config imports this module
     from store.config import validate_config
 
-    root = Path(root)
+    root = Path(root).absolute()
     classes = validate_classes(classes)
     if (root / DB_NAME).exists() or (root / CONFIG_NAME).exists():
         raise CxrAlError(f"{root} already holds a CXR-AL project; refusing to overwrite it")
@@ -147,7 +147,7 @@ def open_project(root: Path | str) -> Project:
     # imported here, not at the top: store.config imports this module
     from store.config import validate_config
 
-    root = Path(root)
+    root = Path(root).absolute()  # recorded artifact paths are relative to it, whatever the working folder
     cfg_path = root / CONFIG_NAME
     if not root.is_dir():
         raise CxrAlError(f"{root}: no such project folder (create one with `cxr-al init {root} --classes ...`)")
@@ -160,4 +160,5 @@ def open_project(root: Path | str) -> Project:
     if not isinstance(config, dict) or "classes" not in config:
         raise CxrAlError(f"{cfg_path} has no 'classes' list")
     config = validate_config(config, str(cfg_path))  # the schema (store/config.py), defaults filled in
+    ProjectDB(root / DB_NAME).migrate(root)  # a read when the schema is current
     return Project(root, config)

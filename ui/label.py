@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from active.engine import labeling
+from active.engine import labeling, policy
 from active.views import explain, export
 from store.errors import CxrAlError
 from store.images import read_grey
@@ -324,7 +324,7 @@ def labeling_panel(ls: labeling.LabelingSession, panels: dict[str, bool]) -> Non
                          alt=f"chest radiograph, image {image_id}")
     _prefetch(ls, st.session_state.get(LATEST_ROUND_KEY) if panels["overlay"] else None)
     if st.session_state.pop(ROUND_CHECK_KEY, False):  # after drawing: never delays the next image
-        threading.Thread(target=labeling.start_round_if_due, args=(ls.project,), daemon=True).start()
+        threading.Thread(target=policy.start_round_if_due, args=(ls.project,), daemon=True).start()
 
 
 def render() -> None:

@@ -95,6 +95,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from active.engine.project import open_project
     from active.views.status import status
+    from models.metrics import CI_METRICS
 
     info = status(open_project(args.project_dir))
     if args.json:
@@ -112,12 +113,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"open suggestions: {info['queue']}")
     for r in info["rounds"]:
         metrics = r.get("metrics") or {}
-        shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("macro_auc", "accuracy", "hm")
+        shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in CI_METRICS
                           if isinstance(metrics.get(k), int | float))
-        print(f"round {r['id']} {r['kind']} {r['status']} ({r['n_labels']} labels) {shown} {r.get('error') or ''}")
-    for extra in ("embeddings", "index"):
-        if extra in info:
-            print(f"{extra}: {info[extra]}")
+        error = f" error: {r['error']}" if r.get("error") else ""
+        print(f"round {r['id']} {r['kind']} {r['status']} ({r['n_labels']} labels) {shown}{error}".rstrip())
+    print(f"embeddings: {info['embeddings']}")
+    index = info.get("index")
+    if index:
+        print(f"FAISS index: {index['type']}, {index['size']} vectors of {index['dim']} dimensions")
+    print(f"round due: {'yes' if info['round_due'] else 'no'}")
     return 0
 
 
@@ -129,10 +133,10 @@ def cmd_label(args: argparse.Namespace) -> int:
     label_id = record_label(project, args.image_id, args.label, args.annotator, seconds_spent=args.seconds)
     print(f"label {label_id}: image {args.image_id} = {project.canonical_class(args.label)} by {args.annotator}")
     if not args.no_auto_train:
-        from active.engine.policy import round_due, start_round_in_background
+        from active.engine.policy import start_round_if_due
 
-        if round_due(project):
-            pid = start_round_in_background(project)
+        pid = start_round_if_due(project)
+        if pid is not None:
             print(f"the round policy fired: training round started in the background (pid {pid}; "
                   f"log in {project.artifacts / 'rounds' / 'background.log'})")
     return 0
@@ -187,25 +191,22 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from active.engine.policy import round_due
+    from active.engine.policy import run_round
     from active.engine.project import open_project
-    from active.engine.rounds import train
+    from models.metrics import CI_METRICS
 
     project = open_project(args.project_dir)
-    if args.if_due and not round_due(project):
-        print("no training round due")
+    outcome = run_round(project, mode=args.mode, epochs=args.epochs, device=args.device, seed=args.seed,
+                        if_due=args.if_due, refresh=not args.keep_queue)
+    if not outcome.started:
+        print(outcome.message)
         return 0
-    result = train(project, mode=args.mode, epochs=args.epochs, device=args.device, seed=args.seed)
-    m = result["metrics"]
-    shown = ", ".join(f"{k} {m[k]:.3f}" for k in ("macro_auc", "accuracy", "balanced_accuracy", "macro_f1", "hm", "ece")
-                      if isinstance(m.get(k), int | float))
-    print(f"round {result['round_id']} ({args.mode or project.round_policy['mode']}, {m['n_train']} labels): "
+    m = outcome.metrics
+    shown = ", ".join(f"{k} {m[k]:.3f}" for k in (*CI_METRICS, "ece") if isinstance(m.get(k), int | float))
+    print(f"round {outcome.round_id} ({args.mode or project.round_policy['mode']}, {m['n_train']} labels): "
           f"{shown or 'no test split to score'}")
     if not args.keep_queue:
-        from active.engine.queue import refresh_queue
-
-        fresh = refresh_queue(project, seed=args.seed)
-        print(f"queued {len(fresh)} new suggestions scored by round {result['round_id']}")
+        print(f"queued {outcome.queued} new suggestions scored by round {outcome.round_id}")
     return 0
 
 
@@ -306,6 +307,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    """The `cxr-al` parser; choices of strategies and metrics come from their registries."""
+    from active.strategies import STRATEGIES
+    from models.metrics import CI_METRICS
+
     parser = argparse.ArgumentParser(
         prog="cxr-al", description="Annotation-efficient active learning for chest X-rays.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -440,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("suggest", cmd_suggest, "Fill the labeling queue with the most useful images.")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
     p.add_argument("--n", type=int, default=None, help="how many (default: the round policy's batch size)")
-    p.add_argument("--strategy", default=None, help="query strategy (default: the round policy's, auto)")
+    p.add_argument("--strategy", default=None, choices=list(STRATEGIES),
+                   help="query strategy (default: the round policy's, auto)")
     p.add_argument("--annotator", default=None, help="queue for this annotator (default: for anyone)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -460,8 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=20)
     p.add_argument("--budget", type=int, default=400)
     p.add_argument("--mode", default="probe", choices=["probe", "finetune"])
-    p.add_argument("--metric", default="macro_auc", choices=["macro_auc", "accuracy", "balanced_accuracy",
-                                                            "macro_f1", "hm"])
+    p.add_argument("--metric", default="macro_auc", choices=list(CI_METRICS))
     p.add_argument("--out", required=True, type=Path, help="folder for curves.csv, curves.png, summary.csv")
     p.add_argument("--checkpoint", default=None, help="IMAGES_DIR: backbone checkpoint for the embeddings")
     p.add_argument("--init", default=None, help="IMAGES_DIR without pretraining: random | imagenet | PATH")

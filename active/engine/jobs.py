@@ -115,6 +115,20 @@ TASKS = {"pretrain": _pretrain, "embed": _embed, "train": _train}
 
 
 # ----------------------------------------------------------------------------- runners
+def die_with_parent() -> None:
+    """In a freshly forked child: ask Linux to SIGKILL it when its parent dies (prctl PR_SET_PDEATHSIG), so a
+    job never runs on unrecorded after `kill -9` of the process that started it; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one job in this process; results go to spec['out_dir'] and are returned."""
     out = Path(spec["out_dir"])
@@ -139,7 +153,8 @@ def run_in_child(spec: dict[str, Any]) -> dict[str, Any]:
     spec_path.write_text(json.dumps(spec, default=str))
     repo_root = str(Path(__file__).resolve().parents[2])
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "active.engine.jobs", str(spec_path)], env=env)
+    proc = subprocess.run([sys.executable, "-m", "active.engine.jobs", str(spec_path)], env=env,
+                          preexec_fn=die_with_parent)
     if proc.returncode != 0 or not (out / RESULT_NAME).exists():
         detail = (out / ERROR_NAME).read_text() if (out / ERROR_NAME).exists() else f"exit status {proc.returncode}"
         raise JobFailed(f"{spec['task']} job failed: {detail.strip().splitlines()[-1] if detail.strip() else detail}",

@@ -17,7 +17,6 @@ claim, not a handful of full-table reads per key press.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -60,7 +59,6 @@ def undo_label(project: Project, annotator: str) -> dict[str, Any] | None:
 
 
 SNAPSHOT_TTL_S = 20.0
-_ROUND_CHECK = threading.Lock()
 
 
 @dataclass
@@ -188,20 +186,6 @@ def undo_last_label(session: LabelingSession) -> dict[str, Any] | None:
         "model_round": None if row is None else _none_if_na(row["model_round"]),
         "remaining": 1 + sum(1 for c in session.candidates if c["source"] != "pool"), "shown_at": time.monotonic()}
     return undone
-
-
-def start_round_if_due(project: Project) -> int | None:
-    """Start a background training round when the round policy says one is due; returns its pid.
-
-    At most one check runs at a time in this process (the child re-checks the policy itself)."""
-    from active.engine.policy import round_due, start_round_in_background
-
-    if int(project.round_policy.get("train_every") or 0) <= 0 or not _ROUND_CHECK.acquire(blocking=False):
-        return None
-    try:
-        return start_round_in_background(project) if round_due(project) else None
-    finally:
-        _ROUND_CHECK.release()
 
 
 def _none_if_na(value: Any) -> Any:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,9 +22,128 @@ from store.errors import CxrAlError
 from store.export import labeled_set
 from store.project import Project
 
+LOCK_NAME = "round.lock"  # in artifacts/: held (flock) by the process running a round, released when it dies
+_HELD: dict[str, tuple[int, int, int]] = {}  # lock path -> (thread id, depth, fd) for the locks this process holds
+_HELD_GUARD = threading.Lock()
+
+
+class RoundBusy(CxrAlError):
+    """Another round of this project is running: a second trigger does nothing."""
+
+
+@contextmanager
+def project_lock(project: Project, *, wait_s: float = 2.0) -> Iterator[None]:
+    """Hold the project's round lock (an flock on artifacts/round.lock) for one round; re-entrant in one thread.
+
+    RoundBusy when another process or thread holds it for longer than wait_s. The kernel drops the lock when
+    its process dies, kill -9 included, which is how a reader tells an abandoned 'running' round."""
+    path = project.artifacts / LOCK_NAME
+    key, me = str(path), threading.get_ident()
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is not None and held[0] == me:
+            _HELD[key] = (me, held[1] + 1, held[2])
+            fd = None
+        elif held is not None:
+            raise RoundBusy("a round of this project is already running in this process; wait for it to finish")
+        else:
+            fd = -1
+    if fd is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise RoundBusy("a round of this project is already running; this trigger does nothing "
+                                    "(see `cxr-al status`)") from None
+                time.sleep(0.05)
+        with _HELD_GUARD:
+            _HELD[key] = (me, 1, fd)
+    try:
+        yield
+    finally:
+        with _HELD_GUARD:
+            owner, depth, lock_fd = _HELD[key]
+            if depth > 1:
+                _HELD[key] = (owner, depth - 1, lock_fd)
+            else:
+                del _HELD[key]
+                fcntl.flock(lock_fd, fcntl.LOCK_UN)
+                os.close(lock_fd)
+
+
+def take_lock_for_child(project: Project) -> int | None:
+    """The round lock taken on a new inheritable descriptor, to hand to a background round's process (which
+    adopts it with adopt_lock); None when a round holds it. The caller closes its copy once the child runs."""
+    path = project.artifacts / LOCK_NAME
+    with _HELD_GUARD:
+        if str(path) in _HELD:
+            return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def adopt_lock(project: Project, fd: int) -> None:
+    """In a background round's process: take over the round lock its parent took (take_lock_for_child); it is
+    held until this process ends."""
+    os.set_inheritable(fd, False)
+    with _HELD_GUARD:
+        _HELD[str(project.artifacts / LOCK_NAME)] = (threading.get_ident(), 1, fd)
+
+
+def round_lock_free(project: Project) -> bool:
+    """True when no process (this one included) holds the project's round lock: no round can be running."""
+    path = project.artifacts / LOCK_NAME
+    with _HELD_GUARD:
+        if str(path) in _HELD:
+            return False
+    if not path.exists():
+        return True
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(fd)
+
 
 def _run(spec: dict[str, Any], in_child: bool) -> dict[str, Any]:
     return run_in_child(spec) if in_child else run_job(spec)
+
+
+def _recorded_path(project: Project, path: str | None) -> str | None:
+    """A path as the database records it: relative to the project root when it lies inside the project."""
+    if not path:
+        return path
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(project.root.resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
+def artifact_path(project: Project, recorded: str | None) -> str | None:
+    """A path the database recorded, resolved against the project root (absolute ones as they are)."""
+    if not recorded:
+        return recorded
+    path = Path(recorded)
+    return str(path if path.is_absolute() else project.root.resolve() / path)
 
 
 def latest_round(project: Project, kind: str) -> dict[str, Any] | None:
@@ -28,21 +153,26 @@ def latest_round(project: Project, kind: str) -> dict[str, Any] | None:
     if done.empty:
         return None
     row = done.iloc[-1].to_dict()
+    row["checkpoint"] = artifact_path(project, row.get("checkpoint"))
     return row
 
 
 def _recorded(project: Project, kind: str, params: dict[str, Any], spec: dict[str, Any], in_child: bool,
               record) -> dict[str, Any]:
     """Open a round, run its job, record the outputs with `record(round_id, result)` or mark it failed."""
-    round_id = project.db.start_round(kind, {**params, "pid": os.getpid(), "host": socket.gethostname()})
-    spec = {**spec, "out_dir": str(project.artifacts / "rounds" / f"{round_id:04d}-{kind}")}
-    try:
-        result = _run(spec, in_child)
-        record(round_id, result)
-    except BaseException as exc:
-        project.db.fail_round(round_id, f"{type(exc).__name__}: {exc}")
-        raise
-    return {"round_id": round_id, **result}
+    with project_lock(project):  # single-flight: taken, then the round recorded, before any child starts
+        round_id = project.db.start_round(kind, {**params, "pid": os.getpid(), "host": socket.gethostname()})
+        out_dir = spec.pop("out_dir", None) or project.artifacts.resolve() / "rounds" / f"{round_id:04d}-{kind}"
+        spec = {**spec, "out_dir": str(out_dir)}
+        try:
+            result = _run(spec, in_child)
+            if result.get("checkpoint"):
+                result = {**result, "checkpoint": _recorded_path(project, result["checkpoint"])}
+            record(round_id, result)
+        except BaseException as exc:
+            project.db.fail_round(round_id, f"{type(exc).__name__}: {exc}")
+            raise
+    return {"round_id": round_id, **result, "checkpoint": artifact_path(project, result.get("checkpoint"))}
 
 
 # ----------------------------------------------------------------------------- pretraining
@@ -64,6 +194,9 @@ def pretrain(project: Project, *, method: str = "simclr", backbone: str | None =
               "image_size": image_size, "device": device, "seed": seed, "augment": augment}
     spec = {"task": "pretrain", "paths": images["path"].tolist(), "resume": resume, "max_steps": max_steps,
             "progress": progress, "allow_download": allow_download, **params}
+    if resume:
+        spec["out_dir"] = resumable_pretrain_dir(project)
+        params["resumed_from"] = _recorded_path(project, spec["out_dir"])
 
     def record(round_id: int, result: dict[str, Any]) -> None:
         metrics = {"final_loss": result["losses"][-1] if result["losses"] else None, "losses": result["losses"],
@@ -72,6 +205,17 @@ def pretrain(project: Project, *, method: str = "simclr", backbone: str | None =
         project.db.finish_round(round_id, checkpoint=result["checkpoint"], metrics=metrics)
 
     return _recorded(project, "pretrain", params, spec, in_child, record)
+
+
+def resumable_pretrain_dir(project: Project) -> str:
+    """The folder of the newest pretraining round that left a Lightning last.ckpt (what --resume continues)."""
+    from models.ssl import LAST_CKPT
+
+    for row in project.db.rounds("pretrain").sort_values("id", ascending=False).itertuples(index=False):
+        folder = project.artifacts.resolve() / "rounds" / f"{int(row.id):04d}-pretrain"
+        if (folder / "lightning" / LAST_CKPT).is_file():
+            return str(folder)
+    raise CxrAlError("nothing to resume: no earlier pretraining round left a checkpoint; run without --resume")
 
 
 # ----------------------------------------------------------------------------- embeddings and index
@@ -125,7 +269,7 @@ def embed(project: Project, *, checkpoint: str | None = None, init: str | None =
             save_embeddings(path, new_ids, vectors, tag)
         ids, all_vectors, _ = load_embeddings(path)
         index = EmbeddingIndex.load_or_build(project.artifacts / INDEX_DIR, ids, all_vectors, tag)
-        project.db.finish_round(round_id, checkpoint=checkpoint, metrics={
+        project.db.finish_round(round_id, checkpoint=_recorded_path(project, checkpoint), metrics={
             "embedded": int(len(new_ids)), "embeddings": int(len(ids)), "dim": int(all_vectors.shape[1]),
             "index": index.kind, "images_per_second": result.get("images_per_second")})
 
@@ -209,11 +353,17 @@ def reap_abandoned_rounds(project: Project, rounds: pd.DataFrame | None = None) 
 
     Without this a round killed with -9 would stay 'running' and block the round policy for good."""
     rounds = project.db.rounds() if rounds is None else rounds
+    running = rounds[rounds["status"] == "running"]
+    if running.empty:
+        return []
+    lock_free = round_lock_free(project)
     reaped = []
-    for row in rounds[rounds["status"] == "running"].itertuples():
+    for row in running.itertuples():
         params = row.params
         pid, host = params.get("pid"), params.get("host")
-        if pid is None or host != socket.gethostname() or _process_alive(int(pid)):
+        if pid is None or host != socket.gethostname():
+            continue
+        if _process_alive(int(pid)) and not lock_free:
             continue
         project.db.fail_round(int(row.id), f"the process running this round (pid {pid}) ended without "
                                            "finishing it (killed or crashed); the next round retries")

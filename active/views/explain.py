@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from active.engine.rounds import artifact_path
 from active.views.export import export_frame
 from store.errors import CxrAlError
 from store.project import Project
@@ -41,7 +42,7 @@ def explain(project: Project, image_ids: list[int], *, class_name: str | None = 
         match = rounds[(rounds["id"] == round_id) & (rounds["status"] == "done")]
         if match.empty:
             raise CxrAlError(f"no finished training round {round_id}")
-        checkpoint = match.iloc[0]["checkpoint"]
+        checkpoint = artifact_path(project, match.iloc[0]["checkpoint"])
     if not checkpoint:
         raise CxrAlError("that round kept no model checkpoint (a probe without a pretrained backbone)")
     model, meta, lock = _round_model(str(checkpoint), Path(checkpoint).stat().st_mtime if Path(checkpoint).exists() else 0.0)

@@ -146,22 +146,24 @@ def test_label_page_panels_prediction_neighbours_and_round_status(served):
 
 
 def test_an_abandoned_round_is_reaped_and_does_not_block_the_policy(served):
-    import json
     import socket
     import subprocess
     import sys
 
-    from active.engine.rounds import reap_abandoned_rounds
+    from active.engine.rounds import project_lock, reap_abandoned_rounds
     from active.views.status import round_progress
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     alive = served.db.start_round("train", {"pid": 1, "host": socket.gethostname()})  # pid 1 always exists
     gone = served.db.start_round("train", {"pid": dead.pid, "host": socket.gethostname()})
-    assert reap_abandoned_rounds(served) == [gone]
-    rounds = served.db.rounds("train").set_index("id")
-    assert rounds.loc[gone, "status"] == "failed" and "ended without finishing" in rounds.loc[gone, "error"]
-    assert rounds.loc[alive, "status"] == "running"
-    info = round_progress(served)
-    assert info["running"]["id"] == alive and info["running"]["fraction"] is None
-    assert json.loads(rounds.loc[alive, "params"])["pid"] == 1
+    with project_lock(served):  # a round in progress holds the project's round lock
+        assert reap_abandoned_rounds(served) == [gone]
+        rounds = served.db.rounds("train").set_index("id")
+        assert rounds.loc[gone, "status"] == "failed" and "ended without finishing" in rounds.loc[gone, "error"]
+        assert rounds.loc[alive, "status"] == "running"
+        info = round_progress(served)
+        assert info["running"]["id"] == alive and info["running"]["fraction"] is None
+        assert rounds.loc[alive, "params"]["pid"] == 1
+    # nobody holds the lock any more: whatever process has that pid, the round is not running
+    assert reap_abandoned_rounds(served) == [alive]
