@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from active.engine.labeling import record_label
 from active.engine.policy import run_round, start_round_if_due
 from active.engine.rounds import current_rounds, project_lock, round_lock_free
 from store.project import open_project
