@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -15,38 +14,10 @@ from tqdm.auto import tqdm
 
 from models.backbones import GreyBackbone, build_backbone, load_checkpoint
 from models.data import GreyImageDataset, to_tensor
+from models.runtime import loader_workers, resolve_device
 from store.errors import CxrAlError
 
 DEFAULT_IMAGE_SIZE = 224
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU; an explicit CUDA device without a GPU is a user error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise CxrAlError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CxrAlError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise CxrAlError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) present")
-    elif dev.type != "cpu":
-        raise CxrAlError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    return dev
-
-
-def loader_workers(device: torch.device, num_workers: int | None = None) -> int:
-    """DataLoader worker processes: as asked, else some when a GPU waits for data, none on a small CPU box
-    (decoding in workers would only compete with the model for the same cores)."""
-    if num_workers is not None:
-        return max(0, int(num_workers))
-    cores = os.cpu_count() or 1
-    if device.type == "cuda":
-        return min(8, max(0, cores - 1))
-    return min(4, max(0, cores // 2 - 1))
 
 
 class ReadErrorsAsValues(GreyImageDataset):

@@ -9,10 +9,7 @@ probabilities, MC-dropout samples (BALD) and penultimate features (BADGE).
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +26,7 @@ from tqdm.auto import tqdm
 
 from models.backbones import GreyBackbone, build_backbone, load_checkpoint, save_checkpoint
 from models.data import GreyImageDataset
+from models.runtime import loader_workers, quiet_lightning, resolve_device, trainer_precision
 from store.errors import CxrAlError
 
 CHECKPOINT_NAME = "classifier.pt"
@@ -75,15 +73,6 @@ class InferenceOutputs:
     probs: np.ndarray  # (N, C) float32, dropout off
     features: np.ndarray  # (N, D) float32 penultimate features (backbone output)
     mc_probs: np.ndarray | None = None  # (T, N, C) float32 with dropout on, when asked for
-
-
-def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is there, else 'cpu'; explicit names pass through."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CxrAlError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu or auto")
-    return device
 
 
 def train_transform(image_size: int) -> v2.Compose:
@@ -187,11 +176,6 @@ def _loader(dataset, batch_size: int, *, sampler=None, shuffle=False, drop_last=
                       persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
 
 
-def _default_workers(accelerator: str) -> int:
-    # CPU runs (tests, CI) load in-process; a GPU needs parallel PNG decoding to stay busy
-    return min(8, max(1, (os.cpu_count() or 2) - 1)) if accelerator == "gpu" else 0
-
-
 def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes: Sequence[str],
              out_dir: str | Path, *, checkpoint: str | Path | None = None, backbone: str = "resnet18",
              init: str | Path = "random", image_size: int = 224, epochs: int = 10, batch_size: int = 32,
@@ -217,8 +201,9 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
         raise CxrAlError(f"balance must be 'weights' or 'sampler', not {balance!r}")
     if not 0.0 <= mc_dropout < 1.0:
         raise CxrAlError(f"mc_dropout must be in [0, 1), got {mc_dropout}")
-    device = resolve_device(device)
-    accelerator = "gpu" if device.startswith("cuda") else "cpu"
+    dev = resolve_device(device)
+    device = str(dev)
+    accelerator = "gpu" if dev.type == "cuda" else "cpu"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -243,7 +228,7 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
         sampler = WeightedRandomSampler(torch.as_tensor(1.0 / per_class[y_train], dtype=torch.double),
                                         num_samples=len(train_idx), replacement=True,
                                         generator=torch.Generator().manual_seed(seed))
-    workers = _default_workers(accelerator) if num_workers is None else num_workers
+    workers = loader_workers(dev, num_workers)
     pin = accelerator == "gpu"
     train_ds = GreyImageDataset([paths[i] for i in train_idx], image_size, y_train,
                                 transform=train_transform(image_size) if augment else None)
@@ -257,9 +242,8 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
         val_dl = _loader(val_ds, batch_size, num_workers=workers, pin_memory=pin, seed=seed)
 
     use_cuda = accelerator == "gpu"
-    precision = "32-true"
+    _, precision = trainer_precision(dev)
     if use_cuda:
-        precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         classifier = classifier.to(memory_format=torch.channels_last)
     module = ClassifierModule(classifier, class_weights, lr=lr, backbone_lr=lr * factor,
                               weight_decay=weight_decay, max_epochs=epochs, channels_last=use_cuda)
@@ -272,11 +256,7 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
     if val_dl is not None and patience > 0:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=patience))
     n_batches = max(1, len(train_dl))
-    with warnings.catch_warnings(), _quiet_lightning(progress):
-        # expected on small CPU runs and without a validation part; nothing the caller should act on
-        for message in (".*does not have many workers.*", ".*number of training batches.*",
-                        ".*no `val_dataloader`.*", ".*LeafSpec.*"):
-            warnings.filterwarnings("ignore", message=message)
+    with quiet_lightning():
         trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
                              max_epochs=epochs, callbacks=callbacks, logger=False, default_root_dir=work,
                              enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
@@ -296,25 +276,6 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
         shutil.rmtree(work, ignore_errors=True)  # the Lightning copy duplicates classifier.pt
     return FinetuneResult(ckpt_path, best_epoch, history.rows, device, int(train_idx.size), int(val_idx.size),
                           classifier)
-
-
-class _quiet_lightning:
-    """Silence Lightning's 'GPU available ...' info lines when the caller turned progress off."""
-
-    def __init__(self, progress: bool):
-        self.progress = progress
-        self.loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch",
-                                                         "lightning_fabric", "lightning.fabric")]
-
-    def __enter__(self):
-        self.levels = [lg.level for lg in self.loggers]
-        if not self.progress:
-            for lg in self.loggers:
-                lg.setLevel(logging.WARNING)
-
-    def __exit__(self, *exc):
-        for lg, level in zip(self.loggers, self.levels, strict=True):
-            lg.setLevel(level)
 
 
 def load_classifier(path: str | Path) -> tuple[Classifier, dict]:
@@ -339,11 +300,11 @@ def predict_outputs(classifier: Classifier, paths: Sequence[str | Path], image_s
     if mc_samples > 0 and classifier.dropout_p <= 0.0:
         raise CxrAlError("this classifier was fine-tuned without dropout, so MC-dropout samples would all be "
                          "identical; fine-tune with mc_dropout > 0 (e.g. 0.3) to use BALD")
-    device = resolve_device(device)
-    use_cuda = device.startswith("cuda")
+    dev = resolve_device(device)
+    device, use_cuda = str(dev), dev.type == "cuda"
     home = next(classifier.parameters()).device
     classifier = classifier.to(device).eval()
-    workers = (_default_workers("gpu") if use_cuda else 0) if num_workers is None else num_workers
+    workers = loader_workers(dev, num_workers)
     loader = _loader(GreyImageDataset(paths, image_size), batch_size, num_workers=workers, pin_memory=use_cuda)
     probs, feats, mc = [], [], []
     with torch.random.fork_rng(devices=[torch.device(device)] if use_cuda else []):

@@ -7,14 +7,11 @@ is ImageNet init -> SSL on the X-ray pool -> fine-tune: pass init="imagenet" for
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
-import logging
 import math
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +36,8 @@ from torchmetrics import MeanMetric
 
 from models.augment import SSL_METHODS, XrayAugmentConfig, ssl_transform
 from models.backbones import GreyBackbone, build_backbone, save_checkpoint
-from models.embed import ReadErrorsAsValues, loader_workers, raise_read_errors, resolve_device
+from models.embed import ReadErrorsAsValues, raise_read_errors
+from models.runtime import loader_workers, quiet_lightning, resolve_device, trainer_precision
 from store.errors import CxrAlError
 
 # (optimizer, base learning rate at batch 256): lightly's examples' settings, scaled linearly with
@@ -318,28 +316,6 @@ class _ThroughputMeter(pl.Callback):
             self.seconds = time.perf_counter() - self._start
 
 
-@contextlib.contextmanager
-def _quiet_lightning(quiet: bool) -> Iterator[None]:
-    """Mute Lightning's banner lines and the few-workers hint when the caller asked for no progress output."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # our own last.ckpt, replaced
-        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # Lightning 2.6 on torch 2.14
-        warnings.filterwarnings("ignore", message=".*torch.nn.utils.weight_norm.*")  # lightly's DINO head
-        if not quiet:
-            yield
-            return
-        loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
-        levels = [lg.level for lg in loggers]
-        for lg in loggers:
-            lg.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
-
-
 def _read_resume_hparams(ckpt: Path, method: str, backbone: str) -> dict:
     """Hyperparameters of the run being resumed; refuses a checkpoint of another method or backbone."""
     try:
@@ -404,13 +380,9 @@ def pretrain(paths: list[str], out_dir: Path, *, method: str = "simclr", backbon
         hp = _read_resume_hparams(last_ckpt, method, backbone)
 
     dev = resolve_device(device)
-    if dev.type == "cuda":
-        # bf16 needs no loss scaling; GPUs older than Ampere fall back to fp16 with a scaler
-        accelerator, precision = "cuda", "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-        if dev.index is not None and devices == "auto":
-            devices = [dev.index]
-    else:
-        accelerator, precision = "cpu", "32-true"
+    accelerator, precision = trainer_precision(dev)
+    if dev.type == "cuda" and dev.index is not None and devices == "auto":
+        devices = [dev.index]
     pl.seed_everything(seed, workers=True, verbose=False)
 
     batch = min(batch_size, len(paths))  # a pool smaller than a batch still trains, as one batch
@@ -427,7 +399,7 @@ def pretrain(paths: list[str], out_dir: Path, *, method: str = "simclr", backbon
     checkpointing = ModelCheckpoint(dirpath=ckpt_dir, filename=Path(LAST_CKPT).stem, save_top_k=1,
                                     every_n_epochs=1, save_on_train_epoch_end=True, enable_version_counter=False)
     meter = _ThroughputMeter()
-    with _quiet_lightning(not progress):
+    with quiet_lightning():
         # on resume every weight comes from last.ckpt, so do not demand the original init's files
         net = build_backbone(backbone, "random" if resume else init, allow_download=allow_download)
         module = MODULES[method](net, lr=lr, channels_last=dev.type == "cuda", **kwargs)
@@ -436,7 +408,7 @@ def pretrain(paths: list[str], out_dir: Path, *, method: str = "simclr", backbon
         trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                              precision=precision, max_epochs=epochs, max_steps=max_steps or -1,
                              callbacks=[checkpointing, meter], logger=False, default_root_dir=out_dir,
-                             enable_progress_bar=progress, enable_model_summary=progress,
+                             enable_progress_bar=progress, enable_model_summary=False,
                              sync_batchnorm=accelerator == "cuda",  # no-op on one GPU; SyncBN has no CPU kernel
                              log_every_n_steps=10)
         trainer.fit(module, train_dataloaders=loader, ckpt_path=last_ckpt if resume else None)

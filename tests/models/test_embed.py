@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from models.backbones import build_backbone, save_checkpoint
-from models.embed import embed_images, embed_paths, resolve_device
+from models.embed import embed_images, embed_paths
+from models.runtime import resolve_device
 from store.errors import CxrAlError
 from store.phantoms import write_phantom_dataset
 

@@ -1,0 +1,75 @@
+"""Where and how torch runs: the device, DataLoader workers, Lightning's precision, and Lightning kept quiet.
+
+One copy of each choice for pretraining, embedding and fine-tuning."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+
+import torch
+
+from store.errors import CxrAlError
+
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
+# expected on small CPU runs or from our own files; nothing a user should act on
+QUIET_WARNINGS = (".*does not have many workers.*", ".*exists and is not empty.*", ".*treespec, LeafSpec.*",
+                  ".*LeafSpec.*", ".*torch.nn.utils.weight_norm.*", ".*number of training batches.*",
+                  ".*no `val_dataloader`.*")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; an explicit CUDA device without a GPU is a user error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise CxrAlError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CxrAlError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CxrAlError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) present")
+    elif dev.type != "cpu":
+        raise CxrAlError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def loader_workers(device: torch.device, num_workers: int | None = None) -> int:
+    """DataLoader worker processes: as asked, else some when a GPU waits for data, none on a small CPU box
+    (decoding in workers would only compete with the model for the same cores)."""
+    if num_workers is not None:
+        return max(0, int(num_workers))
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, max(0, cores - 1))
+    return min(4, max(0, cores // 2 - 1))
+
+
+def trainer_precision(device: torch.device) -> tuple[str, str]:
+    """Lightning's (accelerator, precision) for a device: bf16 AMP on GPUs that have it (fp16 with a scaler on
+    older ones), full fp32 on the CPU."""
+    if device.type == "cuda":
+        return "cuda", "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "cpu", "32-true"
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning without its banners ('GPU available', 'Tip' adverts) and expected warnings; progress bars stay."""
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        for message in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
