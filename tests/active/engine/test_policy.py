@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from active.engine.policy import run_round, start_round_if_due
+from active.engine.policy import run_round, start_round_if_due, start_training_now
 from active.engine.rounds import current_rounds, project_lock, round_lock_free
+from store.errors import CxrAlError
 from store.project import open_project
 
 REPO = Path(__file__).resolve().parents[3]
@@ -217,3 +218,14 @@ def test_label_with_a_bad_policy_stores_nothing_and_says_one_line(ward) -> None:
     finally:
         path.write_text(good)
     assert len(project.db.label_history()) == before
+
+
+def test_train_now_needs_two_classes(tmp_path) -> None:
+    from store.phantoms import PHANTOM_CLASSES
+    from store.project import init_project
+
+    project = init_project(tmp_path / "empty", list(PHANTOM_CLASSES), image_size=32)
+    with pytest.raises(CxrAlError, match="two classes"):
+        start_training_now(project, "lena")
+    assert project.db.events("train_requested").empty
+

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def cxr(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
