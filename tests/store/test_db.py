@@ -145,3 +145,36 @@ def test_events_log_is_appended(ingested_project) -> None:
     ingested_project.db.add_label(4, "Normal", "alice")
     kinds = list(ingested_project.db.events()["kind"])
     assert "label" in kinds and "ingest" in kinds
+
+
+def test_open_project_migrates_recorded_paths_to_the_project_root(tmp_path) -> None:
+    """Projects from before schema v2 recorded checkpoints relative to the working folder or absolute: opening
+    one rewrites them relative to the project root, and they resolve from any working folder."""
+    import duckdb
+
+    from active.engine.rounds import latest_round
+    from store.db import SCHEMA_VERSION
+    from store.project import init_project, open_project
+
+    root = tmp_path / "ward7"
+    project = init_project(root, ["Normal", "COVID-19"])
+    for n in (1, 2):
+        folder = root / "artifacts" / "rounds" / f"000{n}-pretrain"
+        folder.mkdir(parents=True)
+        (folder / "backbone.pt").write_bytes(b"weights")
+    old = [("ward7/artifacts/rounds/0001-pretrain/backbone.pt"),  # written by `cxr-al init ward7` from tmp_path
+           str(root / "artifacts" / "rounds" / "0002-pretrain" / "backbone.pt"), "/elsewhere/model.pt"]
+    ids = [project.db.start_round("pretrain", {}) for _ in old]
+    for round_id, path in zip(ids, old, strict=True):
+        project.db.finish_round(round_id, checkpoint=path)
+    con = duckdb.connect(str(root / "project.duckdb"))
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+
+    reopened = open_project(root)
+    assert reopened.db.schema_version() == SCHEMA_VERSION
+    recorded = reopened.db.rounds("pretrain")["checkpoint"].tolist()
+    assert recorded == ["artifacts/rounds/0001-pretrain/backbone.pt", "artifacts/rounds/0002-pretrain/backbone.pt",
+                        "/elsewhere/model.pt"]  # outside the project: kept as it was
+    reopened.db.fail_round(ids[2], "gone")
+    assert Path(latest_round(reopened, "pretrain")["checkpoint"]).read_bytes() == b"weights"
