@@ -2,7 +2,10 @@
 
 Every metric comes from scikit-learn except two it does not have: the harmonic mean of
 sensitivity and specificity (a one-line formula on sklearn's recalls) and the expected
-calibration error. The result is plain floats, lists and dicts, ready for json.dumps.
+calibration error. The bootstrap scores all resamples at once with NumPy (counts and rank sums):
+scikit-learn scores one sample per call (1,000 resamples took 8 s), and scipy.stats.bootstrap
+cannot resample within classes; a test holds the two to the same numbers on the same resamples.
+The result is plain floats, lists and dicts, ready for json.dumps.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sklearn.metrics import (
 from store.project import default_positive_class  # one rule for the whole product (re-exported)
 
 ECE_BINS = 15
+BOOTSTRAP_CELLS = 4_000_000  # resamples x test images held at once (32 MB of float64 counts)
 # The headline metrics: scored with bootstrap CIs, shown by `status`, `train`, the dashboard and `simulate --metric`.
 CI_METRICS = ("macro_auc", "balanced_accuracy", "macro_f1", "hm", "accuracy")
 METRIC_LABELS = {"macro_auc": "macro-AUC", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1",
@@ -87,28 +91,77 @@ def _summary_metrics(y: np.ndarray, probs: np.ndarray, pos: int) -> dict[str, fl
     }
 
 
-def _stratified_resample(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap indices drawn with replacement within each class, so every present class stays present."""
-    parts = []
+def _stratified_resample_counts(y: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_bootstrap, n) times each example is drawn per resample; draws with replacement within each class, so
+    every present class stays present with its own support."""
+    counts = np.zeros((n_bootstrap, y.size))
+    rows = np.arange(n_bootstrap)[:, None]
     for k in np.unique(y):
         idx = np.flatnonzero(y == k)
-        parts.append(rng.choice(idx, size=idx.size, replace=True))
-    return np.concatenate(parts)
+        draws = rng.integers(0, idx.size, size=(n_bootstrap, idx.size)) + rows * idx.size  # one bincount per row
+        counts[:, idx] = np.bincount(draws.ravel(), minlength=n_bootstrap * idx.size).reshape(n_bootstrap, idx.size)
+    return counts
+
+
+def _weighted_auc(is_pos: np.ndarray, score: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """One-vs-rest ROC AUC of each resample (row of counts) at once: the Mann-Whitney statistic with ties
+    counted half, which is what roc_auc_score's trapezoids give on the resample with its repeats."""
+    order = np.argsort(score, kind="stable")
+    s = score[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # groups of tied scores
+    w = counts[:, order]
+    neg = np.add.reduceat(w * ~is_pos[order], starts, axis=1)
+    pos = np.add.reduceat(w * is_pos[order], starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg  # negative weight strictly under each tie group
+    return (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+
+
+def _resampled_summary_metrics(y: np.ndarray, probs: np.ndarray, pos: int,
+                               counts: np.ndarray) -> dict[str, np.ndarray | None]:
+    """_summary_metrics of every resample at once, from the draw counts (B, n) of stratified resamples.
+
+    Stratified resamples keep each class's support, so per class only the true positives and predicted counts
+    vary, and the scores' order is the same in every resample."""
+    pred = probs.argmax(axis=1)
+    present = np.unique(y)
+    support = np.array([(y == k).sum() for k in present], dtype=np.float64)
+    is_true = y[:, None] == present[None, :]  # (n, K)
+    is_pred = pred[:, None] == present[None, :]
+    tp = counts @ (is_true & is_pred)  # (B, K)
+    predicted = counts @ is_pred
+    recall = tp / support
+    out: dict[str, np.ndarray | None] = {
+        "accuracy": counts @ (pred == y) / y.size,
+        "balanced_accuracy": recall.mean(axis=1),
+        "macro_auc": None,
+        "macro_f1": (2.0 * tp / (support + predicted)).mean(axis=1),  # 2tp / (2tp + fp + fn)
+        "hm": None,
+    }
+    if present.size >= 2:
+        out["macro_auc"] = np.mean([_weighted_auc(y == k, probs[:, k], counts) for k in present], axis=0)
+    if pos in present and present.size >= 2:  # sensitivity and specificity both defined
+        se = recall[:, np.searchsorted(present, pos)]
+        sp = counts @ ((y != pos) & (pred != pos)) / (y != pos).sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["hm"] = np.where(se + sp > 0, 2.0 * se * sp / (se + sp), 0.0)
+    return out
 
 
 def bootstrap_ci(y: np.ndarray, probs: np.ndarray, pos: int, n_bootstrap: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, list[float] | None]:
-    """Percentile bootstrap CIs (stratified by class, seeded) of the summary metrics; ~10 ms a resample."""
+    """Percentile bootstrap CIs (stratified by class, seeded) of the summary metrics; 1,000 resamples of 400
+    images in ~0.1 s."""
     rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {m: [] for m in CI_METRICS}
-    for _ in range(n_bootstrap):
-        idx = _stratified_resample(y, rng)
-        for name, value in _summary_metrics(y[idx], probs[idx], pos).items():
-            if value is not None:  # e.g. AUC undefined in this resample: skip it, not zero it
-                samples[name].append(value)
     alpha = (1.0 - level) / 2.0
-    return {name: ([float(np.quantile(v, alpha)), float(np.quantile(v, 1.0 - alpha))] if v else None)
-            for name, v in samples.items()}
+    chunk = max(1, BOOTSTRAP_CELLS // max(1, y.size))  # resamples per block, bounding memory on large test sets
+    parts: dict[str, list[np.ndarray]] = {m: [] for m in CI_METRICS}
+    for first in range(0, n_bootstrap, chunk):
+        counts = _stratified_resample_counts(y, min(chunk, n_bootstrap - first), rng)
+        for name, values in _resampled_summary_metrics(y, probs, pos, counts).items():
+            if values is not None:  # e.g. AUC undefined with one class present: no interval, not a zero
+                parts[name].append(values)
+    return {name: ([float(q) for q in np.quantile(np.concatenate(v), [alpha, 1.0 - alpha])] if v else None)
+            for name, v in parts.items()}
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str],

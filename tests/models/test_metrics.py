@@ -1,8 +1,10 @@
-"""Clinical metrics: agreement with scikit-learn, HM by hand, bootstrap CIs, missing classes, ECE."""
+"""Clinical metrics: agreement with scikit-learn, HM by hand, bootstrap CIs (vectorised = per-resample sklearn),
+missing classes, ECE."""
 
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +17,10 @@ from sklearn.metrics import (
 )
 
 from models.metrics import (
+    _resampled_summary_metrics,
+    _stratified_resample_counts,
+    _summary_metrics,
+    bootstrap_ci,
     classification_metrics,
     default_positive_class,
     expected_calibration_error,
@@ -107,6 +113,69 @@ def test_bootstrap_ci_brackets_point_and_is_seeded():
         assert low <= a[name] <= high, name
         assert 0.0 < high - low < 0.4, name  # a real interval: neither a point nor everything
     json.dumps(a, allow_nan=False)
+
+
+@pytest.mark.parametrize("n, n_classes, pos, drop", [(120, 3, 2, None), (60, 3, 2, 2), (80, 4, 1, None),
+                                                      (40, 2, 1, None), (30, 3, 0, 0)])
+def test_vectorised_resamples_equal_scikit_learn_on_each_resample(n, n_classes, pos, drop):
+    """Same resamples, same numbers: each row of draw counts scored by sklearn on the expanded resample."""
+    y, probs = _noisy_predictions(n=n, n_classes=n_classes)
+    if drop is not None:  # a class absent from the truth (the positive one when drop == pos)
+        y = np.where(y == drop, (drop + 1) % n_classes, y)
+    probs = np.round(probs, 2)  # tied scores, so the AUC's tie rule is exercised
+    counts = _stratified_resample_counts(y, 40, np.random.default_rng(3))
+    assert (counts.sum(axis=1) == n).all()
+    for k in np.unique(y):  # stratified: every resample keeps each class's support
+        assert (counts[:, y == k].sum(axis=1) == (y == k).sum()).all()
+    fast = _resampled_summary_metrics(y, probs, pos, counts)
+    for b in range(counts.shape[0]):
+        idx = np.repeat(np.arange(n), counts[b].astype(int))
+        with warnings.catch_warnings():  # sklearn warns on classes predicted but absent: expected here
+            warnings.simplefilter("ignore")
+            slow = _summary_metrics(y[idx], probs[idx], pos)
+        for name, value in slow.items():
+            if value is None:
+                assert fast[name] is None, name
+            else:
+                assert fast[name][b] == pytest.approx(value, abs=1e-12), (name, b)
+
+
+def _slow_bootstrap_ci(y, probs, pos, n_bootstrap, seed, level=0.95):
+    """The per-resample scikit-learn loop the vectorised bootstrap replaced (its own random draws)."""
+    rng = np.random.default_rng(seed)
+    samples = {}
+    for _ in range(n_bootstrap):
+        idx = np.concatenate([rng.choice(np.flatnonzero(y == k), size=(y == k).sum()) for k in np.unique(y)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            summary = _summary_metrics(y[idx], probs[idx], pos)
+        for name, value in summary.items():
+            samples.setdefault(name, []).append(value)
+    alpha = (1 - level) / 2
+    return {name: np.quantile(v, [alpha, 1 - alpha]) for name, v in samples.items()}
+
+
+def test_vectorised_bootstrap_ci_matches_slow_reference():
+    """Different random draws, same distribution: the CI ends agree within Monte Carlo error."""
+    y, probs = _noisy_predictions(n=150, n_classes=3)
+    fast = bootstrap_ci(y, probs, pos=2, n_bootstrap=4000, seed=0)
+    slow = _slow_bootstrap_ci(y, probs, pos=2, n_bootstrap=300, seed=1)
+    for name, (low, high) in slow.items():
+        assert fast[name] == pytest.approx([low, high], abs=0.03), name
+    assert bootstrap_ci(y, probs, 2, n_bootstrap=500, seed=4) == bootstrap_ci(y, probs, 2, n_bootstrap=500, seed=4)
+
+
+def test_bootstrap_blocks_do_not_change_the_interval_shape(monkeypatch):
+    """Large test sets are resampled in blocks (bounded memory); a block size of a few resamples still gives
+    one interval per metric over all resamples."""
+    import models.metrics as metrics
+
+    y, probs = _noisy_predictions(n=90)
+    whole = bootstrap_ci(y, probs, 2, n_bootstrap=2000, seed=0)
+    monkeypatch.setattr(metrics, "BOOTSTRAP_CELLS", 90 * 7)  # 7 resamples a block
+    blocked = bootstrap_ci(y, probs, 2, n_bootstrap=2000, seed=0)
+    for name in whole:
+        assert blocked[name] == pytest.approx(whole[name], abs=0.03), name
 
 
 def test_missing_class_in_ground_truth():
