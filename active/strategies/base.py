@@ -22,6 +22,7 @@ class Ranked(NamedTuple):
 
     indices: np.ndarray  # int64, unique, never a labeled row
     scores: np.ndarray  # float64, same length; meaning depends on the strategy (higher = wanted more)
+    sources: np.ndarray | None = None  # str per row: which strategy picked it, where a strategy mixes several
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -44,6 +45,9 @@ class QueryInputs:
     probs: np.ndarray | None = None  # (N, C) class probabilities of the latest model; None before one exists
     mc_probs: np.ndarray | None = None  # (T, N, C) MC-dropout samples of the class probabilities
     features: np.ndarray | None = None  # (N, F) penultimate-layer features for BADGE; embeddings when None
+    # evidence for `auto`: per candidate strategy, the measured value of the labels it picked (engine.evidence)
+    arm_gains: dict[str, np.ndarray] | None = None
+    random_share: float | None = None  # share of an `auto` batch drawn at random; None = auto's default
 
     def __post_init__(self) -> None:
         """Check that the arrays agree on N (CxrAlError otherwise) and bring them to canonical dtypes."""
@@ -74,6 +78,8 @@ class QueryInputs:
             if feats.ndim != 2 or len(feats) != n:
                 raise CxrAlError(f"features must have shape ({n}, F), got {feats.shape}")
             object.__setattr__(self, "features", np.ascontiguousarray(feats))
+        if self.random_share is not None and not 0.0 <= float(self.random_share) <= 1.0:
+            raise CxrAlError(f"the random share must be between 0 and 1, got {self.random_share}")
 
     @property
     def n(self) -> int:
@@ -114,6 +120,12 @@ def top_by_score(scores: np.ndarray, rows: np.ndarray, budget: int) -> Ranked:
     order = np.lexsort((rows[chosen], -scores[chosen]))
     chosen = chosen[order]
     return Ranked(rows[chosen].astype(np.int64), scores[chosen])
+
+
+def rank_by_scores(scores: np.ndarray, inputs: QueryInputs, budget: int) -> Ranked:
+    """The selectable rows with the highest per-row scores (scores over all N rows), best first."""
+    rows = inputs.selectable
+    return top_by_score(np.asarray(scores)[rows], rows, clip_budget(inputs, budget))
 
 
 def clip_budget(inputs: QueryInputs, budget: int) -> int:

@@ -22,8 +22,8 @@ from active.strategies.base import (
     empty_ranked,
     require_embeddings,
 )
-from active.strategies.diversity import WORKING_DIM, kmeans_assignment
-from active.strategies.projection import pca_projection
+from active.strategies.projection import WORKING_DIM, pca_projection
+from active.strategies.typiclust import kmeans_assignment
 
 PURITY = 0.95  # the paper's alpha
 DEFAULT_CLUSTERS = 10  # pseudo-classes for delta when no model says how many classes there are

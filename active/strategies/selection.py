@@ -1,4 +1,4 @@
-"""The strategy registry and `select`: run a strategy by name and keep near-duplicates out of the batch."""
+"""`select`: run a registered strategy by name and keep near-duplicates out of the batch."""
 
 from __future__ import annotations
 
@@ -6,37 +6,11 @@ import faiss
 import numpy as np
 
 from active.strategies.base import QueryInputs, Ranked, StrategyFn, clip_budget, empty_ranked
-from active.strategies.diversity import coreset, typiclust
-from active.strategies.hybrid import badge, hybrid
-from active.strategies.probcover import probcover
-from active.strategies.random_sampling import random_sampling
+from active.strategies.registry import STRATEGIES
 from active.strategies.threads import single_threaded_when_busy
-from active.strategies.uncertainty import bald, entropy, least_confidence, margin
 from store.errors import CxrAlError
 
 CENTER_BLOCK = 65_536  # rows summed at a time for the pool mean
-
-
-def auto(inputs: QueryInputs, budget: int, seed: int = 0) -> Ranked:
-    """TypiClust while there is no model (cold start), then the uncertainty-then-diversity hybrid."""
-    if inputs.probs is None:
-        return typiclust(inputs, budget, seed)
-    return hybrid(inputs, budget, seed)
-
-
-STRATEGIES: dict[str, StrategyFn] = {
-    "random": random_sampling,
-    "least-confidence": least_confidence,
-    "margin": margin,
-    "entropy": entropy,
-    "bald": bald,
-    "coreset": coreset,
-    "typiclust": typiclust,
-    "probcover": probcover,
-    "badge": badge,
-    "hybrid": hybrid,
-    "auto": auto,
-}
 
 
 def pool_center(embeddings: np.ndarray) -> np.ndarray:
@@ -104,6 +78,10 @@ def select(name: str, inputs: QueryInputs, budget: int, seed: int = 0,
     if budget == 0:
         return empty_ranked()
     with single_threaded_when_busy():
+        if getattr(strategy, "composes", False):  # a mix of strategies: each part is selected on its own
+            def run(part: str, part_inputs: QueryInputs, part_budget: int, part_seed: int) -> Ranked:
+                return select(part, part_inputs, part_budget, part_seed, dedup_threshold)
+            return strategy(inputs, budget, seed, run=run)
         if dedup_threshold is None or inputs.embeddings is None:
             return strategy(inputs, budget, seed)
         return _deduplicated(strategy, inputs, budget, seed, dedup_threshold)

@@ -1,8 +1,7 @@
-"""Diversity strategies over embeddings: coreset (k-center greedy) and TypiClust.
+"""TypiClust (Hacohen et al. 2022): the most typical image of each of the largest uncovered clusters.
 
-Both work without a trained model, so they fit a cold start. Neither ever builds an N x N matrix:
-coreset keeps one distance per candidate and updates it after each pick; TypiClust clusters with
-FAISS k-means (on a sample) and measures density only inside the few clusters it picks from.
+The cold-start choice: it needs no trained model. FAISS k-means (on a sample) gives the clusters, and
+density is measured only inside the few clusters it picks from, so no N x N matrix is formed.
 """
 
 from __future__ import annotations
@@ -18,9 +17,7 @@ from active.strategies.base import (
     empty_ranked,
     require_embeddings,
 )
-from active.strategies.projection import pca_projection
-
-WORKING_DIM = 64  # principal components the geometry runs on (see projection.py)
+from active.strategies.projection import WORKING_DIM, pca_projection
 
 # TypiClust constants as in the authors' code (Hacohen et al. 2022, github.com/avihu111/TypiClust)
 MAX_CLUSTERS = 500
@@ -31,65 +28,6 @@ KMEANS_POINTS_PER_CENTROID = 40  # k-means trains on a seeded sample of about k 
 KMEANS_MIN_SAMPLE = 4096  # ... but never fewer than this (or the whole pool)
 SMALL_K = 50  # up to here each cluster is a large share of the batch: seed carefully, restart
 SMALL_K_RESTARTS = 3
-
-
-def k_center_greedy(points: np.ndarray, centers: np.ndarray, budget: int, *, seed: int = 0,
-                    first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy k-center (Sener & Savarese 2018): repeatedly pick the point farthest from every center and
-    every earlier pick. Returns (positions into points, distance of each pick to its nearest center or
-    earlier pick). Without centers the first pick is `first` (a seeded random point when None), scored
-    with its distance to the farthest point. Memory is O(len(points)); no pairwise matrix is formed."""
-    points = np.ascontiguousarray(points, dtype=np.float32)
-    m = len(points)
-    budget = min(int(budget), m)
-    if budget <= 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-    sq_norms = np.einsum("ij,ij->i", points, points)
-    picks = np.empty(budget, dtype=np.int64)
-    scores = np.empty(budget, dtype=np.float64)
-    dot = np.empty(m, dtype=np.float32)
-    dist = np.empty(m, dtype=np.float32)
-
-    def distances_to(p: int) -> np.ndarray:
-        """Squared distances of every point to point p, written into `dist`."""
-        np.matmul(points, points[p], out=dot)
-        np.multiply(dot, -2.0, out=dist)
-        np.add(dist, sq_norms, out=dist)
-        np.add(dist, sq_norms[p], out=dist)
-        return np.maximum(dist, 0.0, out=dist)
-
-    if len(centers):
-        centers = np.ascontiguousarray(centers, dtype=np.float32)
-        index = faiss.IndexFlatL2(points.shape[1])
-        index.add(centers)
-        nearest, _ = index.search(points, 1)  # exact squared distance to the nearest labeled point
-        min_dist = np.maximum(nearest[:, 0], 0.0)
-        start = 0
-    else:
-        p = int(first) if first is not None else int(np.random.default_rng(seed).integers(m))
-        min_dist = distances_to(p).copy()
-        picks[0], scores[0] = p, float(np.sqrt(min_dist.max()))
-        min_dist[p] = -1.0
-        start = 1
-    for i in range(start, budget):
-        p = int(np.argmax(min_dist))
-        picks[i], scores[i] = p, float(np.sqrt(max(min_dist[p], 0.0)))
-        np.minimum(min_dist, distances_to(p), out=min_dist)
-        min_dist[picks[: i + 1]] = -1.0  # never again, even when every distance left is zero
-    return picks, scores
-
-
-def coreset(inputs: QueryInputs, budget: int, seed: int = 0, *, dim: int | None = WORKING_DIM) -> Ranked:
-    """Core-set selection: the unlabeled rows that best cover the embedding space given the labeled ones
-    (k-center greedy on `dim` principal components; score = distance to the nearest labeled or earlier pick)."""
-    embeddings = require_embeddings(inputs, "coreset")
-    budget = clip_budget(inputs, budget)
-    if budget == 0:
-        return empty_ranked()
-    x = pca_projection(embeddings, dim, seed)
-    rows = inputs.selectable
-    picks, scores = k_center_greedy(x[rows], x[inputs.labeled], budget, seed=seed)
-    return Ranked(rows[picks], scores)
 
 
 def typicality(points: np.ndarray, k: int = TYPICALITY_NEIGHBORS) -> np.ndarray:

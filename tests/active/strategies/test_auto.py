@@ -1,0 +1,67 @@
+"""`auto`: a random share in every batch, TypiClust at the cold start, then the arm the evidence favours."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from active.strategies import QueryInputs, auto, choose_arm, select, typiclust
+from active.strategies.auto import CANDIDATES, random_count
+from store.errors import CxrAlError
+from tests.active.strategies.arrays import assert_well_formed, clustered, confident
+
+
+def test_cold_start_is_typiclust_plus_a_random_share() -> None:
+    emb, _ = clustered(5, 40, 8, spread=0.05, seed=11)
+    cold = QueryInputs(labeled=np.zeros(200, bool), embeddings=emb)
+    batch = auto(cold, 10, seed=3)
+    assert_well_formed(batch, cold, 10)
+    assert list(batch.sources).count("random") == 2 and list(batch.sources).count("typiclust") == 8
+    np.testing.assert_array_equal(batch.indices[:8], typiclust(cold, 8, seed=3).indices)
+    assert choose_arm(cold)[0] == "typiclust"
+    assert choose_arm(QueryInputs(labeled=np.zeros(3, bool)))[0] == "random"
+
+
+def test_the_random_share_is_exact_on_average_and_configurable() -> None:
+    counts = [random_count(3, 0.2, seed) for seed in range(2000)]
+    assert set(counts) == {0, 1} and np.mean(counts) == pytest.approx(0.6, abs=0.03)
+    emb, _ = clustered(5, 40, 8, spread=0.05, seed=1)
+    all_random = auto(QueryInputs(labeled=np.zeros(200, bool), embeddings=emb, random_share=1.0), 6, seed=0)
+    assert set(all_random.sources) == {"random"}
+    with pytest.raises(CxrAlError, match="random share"):
+        QueryInputs(labeled=np.zeros(3, bool), random_share=1.5)
+
+
+def _warm(gains: dict[str, list[float]] | None) -> QueryInputs:
+    emb, _ = clustered(5, 40, 8, spread=0.05, seed=2)
+    return QueryInputs(labeled=np.zeros(200, bool), embeddings=emb, probs=confident(200),
+                       arm_gains=None if gains is None else {k: np.asarray(v) for k, v in gains.items()})
+
+
+def test_untried_arms_are_explored_in_order_then_the_evidence_decides() -> None:
+    assert choose_arm(_warm(None))[0] == "typiclust"
+    assert choose_arm(_warm({"typiclust": [0.1, 0.2]}))[0] == "badge"
+    assert choose_arm(_warm({"typiclust": [0.1, 0.2], "badge": [0.1]}))[0] == "margin"
+    tried = {arm: [0.010, 0.012, 0.011, 0.009] for arm in CANDIDATES}
+    # a set where uncertainty helps: margin's labels are worth clearly more than random ones
+    helps = {**tried, "margin": [0.05, 0.06, 0.055, 0.045], "random": [0.010, 0.011, 0.012, 0.009]}
+    arm, why = choose_arm(_warm(helps))
+    assert arm == "margin" and "worth more" in why
+    # a set where it hurts: every arm's labels are worth less than random ones -> random
+    hurts = {arm: [0.001, 0.002, 0.0, 0.001] for arm in CANDIDATES} | {"random": [0.02, 0.03, 0.025, 0.02]}
+    assert choose_arm(_warm(hurts)) == ("random", "no strategy has shown a gain over random picks yet")
+    # a gain inside the noise is no gain
+    noisy = {**tried, "badge": [0.0, 0.08, -0.02, 0.03], "random": [0.01, 0.02, 0.0, 0.015]}
+    assert choose_arm(_warm(noisy))[0] == "random"
+    batch = select("auto", _warm(hurts), 10, seed=4)
+    assert set(batch.sources) == {"random"} and len(batch.indices) == 10
+
+
+def test_auto_through_select_keeps_its_sources_and_its_random_share() -> None:
+    inputs = _warm({arm: [0.0, 0.001] for arm in CANDIDATES} | {"random": [0.0, 0.001]})
+    inputs = QueryInputs(labeled=inputs.labeled, embeddings=inputs.embeddings, probs=inputs.probs,
+                         arm_gains={"typiclust": np.array([0.2, 0.3, 0.25]), "badge": np.array([0.0, 0.01]),
+                                    "margin": np.array([0.0, 0.01]), "random": np.array([0.0, 0.01, 0.005])})
+    batch = select("auto", inputs, 10, seed=2)
+    assert_well_formed(batch, inputs, 10)
+    assert list(batch.sources) == ["typiclust"] * 8 + ["random"] * 2
