@@ -8,8 +8,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from active.engine.artifacts import EMBEDDINGS_NAME, INDEX_DIR, embeddings_for
-from active.engine.jobs import run_in_child, run_job
+from active.engine.jobs import EmbedJob, JobSpec, PretrainJob, TrainJob, run_in_child, run_job
 from store.errors import CxrAlError
 from store.export import labeled_set
 from store.project import Project
@@ -123,7 +124,7 @@ def round_lock_free(project: Project) -> bool:
         os.close(fd)
 
 
-def _run(spec: dict[str, Any], in_child: bool) -> dict[str, Any]:
+def _run(spec: JobSpec, in_child: bool) -> dict[str, Any]:
     return run_in_child(spec) if in_child else run_job(spec)
 
 
@@ -157,13 +158,13 @@ def latest_round(project: Project, kind: str) -> dict[str, Any] | None:
     return row
 
 
-def _recorded(project: Project, kind: str, params: dict[str, Any], spec: dict[str, Any], in_child: bool,
-              record) -> dict[str, Any]:
+def _recorded(project: Project, kind: str, params: dict[str, Any], spec: JobSpec, in_child: bool,
+              record: Callable[[int, dict[str, Any]], None]) -> dict[str, Any]:
     """Open a round, run its job, record the outputs with `record(round_id, result)` or mark it failed."""
     with project_lock(project):  # single-flight: taken, then the round recorded, before any child starts
         round_id = project.db.start_round(kind, {**params, "pid": os.getpid(), "host": socket.gethostname()})
-        out_dir = spec.pop("out_dir", None) or project.artifacts.resolve() / "rounds" / f"{round_id:04d}-{kind}"
-        spec = {**spec, "out_dir": str(out_dir)}
+        out_dir = spec.out_dir or project.artifacts.resolve() / "rounds" / f"{round_id:04d}-{kind}"
+        spec = replace(spec, out_dir=str(out_dir))
         try:
             result = _run(spec, in_child)
             if result.get("checkpoint"):
@@ -192,11 +193,11 @@ def pretrain(project: Project, *, method: str = "simclr", backbone: str | None =
     image_size = image_size or int(project.config["image_size"])
     params = {"method": method, "backbone": backbone, "init": str(init), "epochs": epochs, "batch_size": batch_size,
               "image_size": image_size, "device": device, "seed": seed, "augment": augment}
-    spec = {"task": "pretrain", "paths": images["path"].tolist(), "resume": resume, "max_steps": max_steps,
-            "progress": progress, "allow_download": allow_download, **params}
+    spec = PretrainJob(paths=tuple(images["path"]), resume=resume, max_steps=max_steps, progress=progress,
+                       allow_download=allow_download, **params)
     if resume:
-        spec["out_dir"] = resumable_pretrain_dir(project)
-        params["resumed_from"] = _recorded_path(project, spec["out_dir"])
+        spec = replace(spec, out_dir=resumable_pretrain_dir(project))
+        params["resumed_from"] = _recorded_path(project, spec.out_dir)
 
     def record(round_id: int, result: dict[str, Any]) -> None:
         metrics = {"final_loss": result["losses"][-1] if result["losses"] else None, "losses": result["losses"],
@@ -256,9 +257,9 @@ def embed(project: Project, *, checkpoint: str | None = None, init: str | None =
             old_ids = np.zeros(0, dtype=np.int64)  # a new backbone: embed everything again
     todo = images[~images["id"].isin(old_ids)]
     params = {"checkpoint": checkpoint, "init": init, "tag": tag, "new": int(len(todo))}
-    spec = {"task": "embed", "paths": todo["path"].tolist(), "checkpoint": checkpoint, "backbone": backbone,
-            "init": init or "random", "image_size": None if checkpoint else int(project.config["image_size"]),
-            "batch_size": batch_size, "device": device, "progress": progress, "allow_download": allow_download}
+    spec = EmbedJob(paths=tuple(todo["path"]), checkpoint=checkpoint, backbone=backbone, init=init or "random",
+                    image_size=None if checkpoint else int(project.config["image_size"]), batch_size=batch_size,
+                    device=device, progress=progress, allow_download=allow_download)
 
     def record(round_id: int, result: dict[str, Any]) -> None:
         vectors = np.load(result["vectors"]) if len(todo) else np.zeros((0, 1), np.float32)
@@ -310,24 +311,24 @@ def train(project: Project, *, mode: str | None = None, epochs: int | None = Non
     pos = pd.Series(np.arange(len(all_ids)), index=all_ids)
     class_pos = {c: i for i, c in enumerate(project.classes)}
     pretrain_run = latest_round(project, "pretrain")
-    spec: dict[str, Any] = {
-        "task": "train", "mode": mode, "classes": project.classes, "positive_class": project.config["positive_class"],
-        "all_ids": all_ids.tolist(), "all_paths": images["path"].tolist(),
-        "train_pos": pos.loc[train_rows["image_id"]].tolist(), "train_y": [class_pos[c] for c in train_rows["label"]],
-        "test_pos": pos.loc[test_rows["image_id"]].tolist(), "test_y": [class_pos[c] for c in test_rows["label"]],
-        "checkpoint": pretrain_run["checkpoint"] if pretrain_run else None,
-        "backbone": project.config.get("backbone", "resnet18"), "init": "random",
-        "image_size": int(project.config["image_size"]), "epochs": int(epochs or policy["epochs"]),
-        "batch_size": batch_size, "device": device, "seed": seed, "progress": progress, "n_bootstrap": n_bootstrap,
-    }
+    vectors = None
     if mode == "probe":
         # embeds only images that have no embedding yet (none, usually)
         embed(project, in_child=in_child, progress=progress, init=None if pretrain_run else "random")
-        vectors = embeddings_for(project, all_ids)
-        vec_path = project.artifacts / "train_vectors.npy"
-        np.save(vec_path, vectors)
-        spec["vectors"] = str(vec_path)
-    params = {"mode": mode, "n_train": len(train_rows), "n_test": len(test_rows), "epochs": spec["epochs"]}
+        vectors = project.artifacts / "train_vectors.npy"
+        np.save(vectors, embeddings_for(project, all_ids))
+    spec = TrainJob(
+        mode=mode, classes=tuple(project.classes), positive_class=project.config["positive_class"],
+        all_ids=tuple(all_ids.tolist()), all_paths=tuple(images["path"]),
+        train_pos=tuple(pos.loc[train_rows["image_id"]].tolist()),
+        train_y=tuple(class_pos[c] for c in train_rows["label"]),
+        test_pos=tuple(pos.loc[test_rows["image_id"]].tolist()),
+        test_y=tuple(class_pos[c] for c in test_rows["label"]), vectors=str(vectors) if vectors else None,
+        checkpoint=pretrain_run["checkpoint"] if pretrain_run else None,
+        backbone=project.config.get("backbone", "resnet18"), init="random",
+        image_size=int(project.config["image_size"]), epochs=int(epochs or policy["epochs"]), batch_size=batch_size,
+        device=device, seed=seed, progress=progress, n_bootstrap=n_bootstrap)
+    params = {"mode": mode, "n_train": len(train_rows), "n_test": len(test_rows), "epochs": spec.epochs}
 
     def record(round_id: int, result: dict[str, Any]) -> None:
         predictions = pd.read_parquet(result["predictions"])

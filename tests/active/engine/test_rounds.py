@@ -80,7 +80,7 @@ def test_failed_round_is_recorded_and_next_round_retries(looped, monkeypatch) ->
     def broken(spec, out):
         raise RuntimeError("simulated crash in the middle of training")
 
-    monkeypatch.setitem(jobs.TASKS, "train", broken)
+    monkeypatch.setattr(jobs.TrainJob, "run", broken)
     oracle = _oracle(looped)
     pool = looped.db.images("pool")["id"].astype(int).tolist()
     for image_id in pool[:4]:
