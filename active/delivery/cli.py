@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -306,11 +308,50 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    """The `cxr-al` parser; choices of strategies and metrics come from their registries."""
-    from active.strategies import STRATEGIES
-    from models.metrics import CI_METRICS
+class RegistryChoices(Sequence[str]):
+    """The names of a registry (a dict or tuple `attribute` of `module`), read when argparse first needs them, so
+    building the parser imports no torch: a command pays for a registry only when its option is used or shown."""
 
+    def __init__(self, module: str, attribute: str):
+        self.module, self.attribute = module, attribute
+
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:
+        return tuple(getattr(importlib.import_module(self.module), self.attribute))
+
+    def __getitem__(self, index):
+        return self.names[index]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"RegistryChoices({self.module}.{self.attribute})"
+
+
+BACKBONE_CHOICES = RegistryChoices("models.backbones", "BACKBONES")
+SSL_METHOD_CHOICES = RegistryChoices("models.augment", "SSL_METHODS")  # = models.ssl.MODULES, without importing it
+AUGMENT_CHOICES = RegistryChoices("models.augment", "AUGMENT_PRESETS")
+EXPORT_FORMAT_CHOICES = RegistryChoices("store.export", "FORMATS")
+STRATEGY_CHOICES = RegistryChoices("active.strategies", "STRATEGIES")
+METRIC_CHOICES = RegistryChoices("models.metrics", "CI_METRICS")
+ROLE_CHOICES = RegistryChoices("active.views.accounts", "ROLES")
+MODE_CHOICES = RegistryChoices("active.engine.jobs", "TRAIN_MODES")
+# models.runtime.resolve_device has no registry of device names (it also takes cuda:N): the names offered here
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def _add_choice(parser: argparse.ArgumentParser, flag: str, choices: Sequence[str], metavar: str,
+                help_text: str = "", **kwargs: Any) -> None:
+    """An option whose values come from a registry; the help lists them (only when help is shown)."""
+    listed = "one of: %(choices)s"
+    parser.add_argument(flag, choices=choices, metavar=metavar,
+                        help=f"{help_text} ({listed})" if help_text else listed, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `cxr-al` parser; the choices of backbones, SSL methods, augmentations, export formats, strategies,
+    metrics, roles and training modes come from their registries."""
     parser = argparse.ArgumentParser(
         prog="cxr-al", description="Annotation-efficient active learning for chest X-rays.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -343,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_user_add)
     up.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
     up.add_argument("name", metavar="NAME")
-    up.add_argument("--role", required=True, choices=["annotator", "lead", "admin"],
-                    help="annotators label; leads also see dashboards, train and export; admins manage accounts")
+    _add_choice(up, "--role", ROLE_CHOICES, "ROLE", required=True,
+                help_text="annotators label; leads also see dashboards, train and export; admins manage accounts")
     up.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     up = users.add_parser("list", help="list the accounts", description="List the accounts of a project.")
     up.set_defaults(func=cmd_user_list)
@@ -364,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
     p.add_argument("--classes", required=True, help='comma-separated, in button order, e.g. "COVID-19,Normal"')
     p.add_argument("--image-size", type=int, default=224, help="model input size in pixels (default 224)")
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet50", "densenet121"])
+    _add_choice(p, "--backbone", BACKBONE_CHOICES, "BACKBONE", default="resnet18", help_text="default resnet18")
     p.add_argument("--positive-class", default=None, help="class of interest for sensitivity/specificity/HM")
 
     p = add("ingest", cmd_ingest, "Add a folder of images (PNG, JPEG, BMP, TIFF, DICOM) to a project.")
@@ -399,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", cmd_export, "Export the labeled set with provenance.")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
     p.add_argument("out", type=Path, metavar="OUT")
-    p.add_argument("--format", required=True, choices=["csv", "parquet", "jsonl", "imagefolder"])
+    _add_choice(p, "--format", EXPORT_FORMAT_CHOICES, "FORMAT", required=True)
     p.add_argument("--split", default="all", choices=["all", "pool", "test"])
     p.add_argument("--classes", default=None, help="only these classes (comma-separated)")
     p.add_argument("--annotator", default=None, help="only images this annotator labeled")
@@ -408,18 +449,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing export file")
     p = add("pretrain", cmd_pretrain, "Self-supervised pretraining of a backbone on all project images.")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
-    p.add_argument("--method", default="simclr", choices=["simclr", "moco", "byol", "simsiam", "dino"])
-    p.add_argument("--backbone", default=None, choices=["resnet18", "resnet50", "densenet121"],
-                   help="default: the project's backbone")
+    _add_choice(p, "--method", SSL_METHOD_CHOICES, "METHOD", default="simclr", help_text="default simclr")
+    _add_choice(p, "--backbone", BACKBONE_CHOICES, "BACKBONE", default=None,
+                help_text="default: the project's backbone")
     p.add_argument("--init", default="random", help="random | imagenet (cached weights) | PATH to weights")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=None, help="default: the project's image size")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--resume", action="store_true", help="continue the last interrupted run")
-    p.add_argument("--augment", default="gentle", choices=["gentle", "standard"],
-                   help="view settings: gentle (default: large crops, little exposure change; keeps faint local "
-                        "findings) or standard (SimCLR-like crops 40-100%%, exposure, gamma and blur)")
+    _add_choice(p, "--augment", AUGMENT_CHOICES, "PRESET", default="gentle",
+                help_text="view settings: gentle (default: large crops, little exposure change; keeps faint local "
+                          "findings) or standard (SimCLR-like crops 40-100%%, exposure, gamma and blur)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     p.add_argument("--download-weights", action="store_true", help="allow downloading ImageNet weights")
     p.add_argument("--seed", type=int, default=0)
@@ -430,13 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, help="without pretraining: random | imagenet | PATH")
     p.add_argument("--download-weights", action="store_true", help="allow downloading ImageNet weights")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
 
     p = add("train", cmd_train, "Run a training round on the current labels and score the test split.")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
-    p.add_argument("--mode", default=None, choices=["probe", "finetune"], help="default: the round policy's")
+    _add_choice(p, "--mode", MODE_CHOICES, "MODE", default=None, help_text="default: the round policy's")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--if-due", action="store_true", help="only when the round policy says a round is due")
     p.add_argument("--keep-queue", action="store_true",
@@ -445,8 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("suggest", cmd_suggest, "Fill the labeling queue with the most useful images.")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
     p.add_argument("--n", type=int, default=None, help="how many (default: the round policy's batch size)")
-    p.add_argument("--strategy", default=None, choices=list(STRATEGIES),
-                   help="query strategy (default: the round policy's, auto)")
+    _add_choice(p, "--strategy", STRATEGY_CHOICES, "STRATEGY", default=None,
+                help_text="query strategy (default: the round policy's, auto)")
     p.add_argument("--annotator", default=None, help="queue for this annotator (default: for anyone)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -465,8 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial", type=int, default=20)
     p.add_argument("--step", type=int, default=20)
     p.add_argument("--budget", type=int, default=400)
-    p.add_argument("--mode", default="probe", choices=["probe", "finetune"])
-    p.add_argument("--metric", default="macro_auc", choices=list(CI_METRICS))
+    _add_choice(p, "--mode", MODE_CHOICES, "MODE", default="probe", help_text="default probe")
+    _add_choice(p, "--metric", METRIC_CHOICES, "METRIC", default="macro_auc", help_text="default macro_auc")
     p.add_argument("--out", required=True, type=Path, help="folder for curves.csv, curves.png, summary.csv")
     p.add_argument("--checkpoint", default=None, help="IMAGES_DIR: backbone checkpoint for the embeddings")
     p.add_argument("--init", default=None, help="IMAGES_DIR without pretraining: random | imagenet | PATH")

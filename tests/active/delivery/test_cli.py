@@ -108,3 +108,45 @@ def test_label_fires_the_round_policy_in_the_background(tmp_path) -> None:
     assert rounds and rounds[-1]["status"] == "done", (tmp_path / "p" / "artifacts" / "rounds" /
                                                        "background.log").read_text()[-2000:]
     assert rounds[-1]["n_labels"] == 2 and "macro_auc" in rounds[-1]["metrics"]
+
+
+def _choices(parser, command: str, dest: str) -> list[str]:
+    """The choices the parser offers for one option of one (sub)command, e.g. ('user add', 'role')."""
+    import argparse
+
+    for word in command.split():
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    action = next(a for a in parser._actions if a.dest == dest)
+    return list(action.choices)
+
+
+def test_parser_choices_are_the_registries() -> None:
+    from active.delivery.cli import build_parser
+    from active.engine.jobs import TRAIN_MODES
+    from active.strategies import STRATEGIES
+    from active.views.accounts import ROLES
+    from models.augment import AUGMENT_PRESETS
+    from models.backbones import BACKBONES
+    from models.metrics import CI_METRICS
+    from models.ssl import MODULES
+    from store.export import FORMATS
+
+    parser = build_parser()
+    expected = {("init", "backbone"): BACKBONES, ("pretrain", "backbone"): BACKBONES,
+                ("pretrain", "method"): MODULES, ("pretrain", "augment"): AUGMENT_PRESETS,
+                ("export", "format"): FORMATS, ("suggest", "strategy"): STRATEGIES, ("train", "mode"): TRAIN_MODES,
+                ("simulate", "mode"): TRAIN_MODES, ("simulate", "metric"): CI_METRICS, ("user add", "role"): ROLES}
+    for (command, dest), registry in expected.items():
+        assert _choices(parser, command, dest) == list(registry), (command, dest)
+    assert parser.parse_args(["init", "p", "--classes", "a,b", "--backbone", "resnet50"]).backbone == "resnet50"
+    help_text = parser._subparsers._group_actions[0].choices["pretrain"].format_help()
+    assert all(name in help_text for name in MODULES)
+
+
+def test_building_the_parser_imports_no_torch() -> None:
+    code = ("import sys; from active.delivery.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'sklearn', 'models.backbones') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
