@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from models.backbones import GreyBackbone, build_backbone, load_checkpoint
 from models.data import GreyImageDataset, to_tensor
-from models.runtime import loader_workers, resolve_device
+from models.runtime import inference_autocast, loader_workers, resolve_device
 from store.errors import CxrAlError
 
 DEFAULT_IMAGE_SIZE = 224
@@ -78,9 +78,7 @@ def embed_images(model: GreyBackbone, paths: Sequence[str | Path], *, image_size
     out = np.empty((len(paths), dim), dtype=np.float32)
     row = 0
     try:
-        half = torch.bfloat16 if dev.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
-        with torch.inference_mode(), _deterministic_cudnn(dev), torch.autocast(
-                device_type=dev.type, dtype=half, enabled=dev.type == "cuda"):
+        with torch.inference_mode(), _deterministic_cudnn(dev), inference_autocast(dev):
             for x, errors in tqdm(loader, desc="embed", unit="batch", disable=not progress):
                 raise_read_errors(errors)
                 x = x.to(dev, non_blocking=True)

@@ -26,7 +26,14 @@ from tqdm.auto import tqdm
 
 from models.backbones import GreyBackbone, build_backbone, load_checkpoint, save_checkpoint
 from models.data import GreyImageDataset
-from models.runtime import loader_workers, quiet_lightning, resolve_device, trainer_precision
+from models.runtime import (
+    inference_autocast,
+    loader_workers,
+    quiet_lightning,
+    resolve_device,
+    trainer_devices,
+    trainer_precision,
+)
 from store.errors import CxrAlError
 
 CHECKPOINT_NAME = "classifier.pt"
@@ -181,14 +188,15 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
              init: str | Path = "random", image_size: int = 224, epochs: int = 10, batch_size: int = 32,
              lr: float = 1e-3, backbone_lr_factor: float | None = None, weight_decay: float = 1e-4,
              val_fraction: float = 0.2, balance: str = "weights", patience: int = 3, mc_dropout: float = 0.0,
-             device: str = "auto", devices: int | str | list[int] = "auto", strategy: str = "auto",
-             num_workers: int | None = None, seed: int = 0, progress: bool = True,
-             augment: bool = True) -> FinetuneResult:
+             device: str = "auto", devices: int | str | list[int] | None = None, num_nodes: int = 1,
+             strategy: str = "auto", precision: str | None = None, num_workers: int | None = None, seed: int = 0,
+             progress: bool = True, augment: bool = True) -> FinetuneResult:
     """Fine-tune backbone + head on labelled images; writes OUT/classifier.pt and returns how it went.
 
     `checkpoint` starts from an SSL backbone checkpoint (else `backbone`/`init` as in
     build_backbone). `backbone_lr_factor` scales the head's lr for the backbone: default 0.1
     for pretrained weights (keep what SSL learned), 1.0 for a random init (it must learn).
+    `devices`, `num_nodes`, `strategy` and `precision` as in models.ssl.pretrain: one device unless asked.
     """
     classes = [str(c) for c in classes]
     labels = np.asarray(train_y, dtype=np.int64).ravel()
@@ -203,7 +211,8 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
         raise CxrAlError(f"mc_dropout must be in [0, 1), got {mc_dropout}")
     dev = resolve_device(device)
     device = str(dev)
-    accelerator = "gpu" if dev.type == "cuda" else "cpu"
+    accelerator, precision = trainer_precision(dev, precision)
+    devices = trainer_devices(dev, devices)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -229,7 +238,7 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
                                         num_samples=len(train_idx), replacement=True,
                                         generator=torch.Generator().manual_seed(seed))
     workers = loader_workers(dev, num_workers)
-    pin = accelerator == "gpu"
+    pin = accelerator == "cuda"
     train_ds = GreyImageDataset([paths[i] for i in train_idx], image_size, y_train,
                                 transform=train_transform(image_size) if augment else None)
     # a last batch of one image breaks BatchNorm in training mode: drop it (it is reshuffled next epoch)
@@ -241,8 +250,7 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
         val_ds = GreyImageDataset([paths[i] for i in val_idx], image_size, labels[val_idx])
         val_dl = _loader(val_ds, batch_size, num_workers=workers, pin_memory=pin, seed=seed)
 
-    use_cuda = accelerator == "gpu"
-    _, precision = trainer_precision(dev)
+    use_cuda = accelerator == "cuda"
     if use_cuda:
         classifier = classifier.to(memory_format=torch.channels_last)
     module = ClassifierModule(classifier, class_weights, lr=lr, backbone_lr=lr * factor,
@@ -257,9 +265,9 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=patience))
     n_batches = max(1, len(train_dl))
     with quiet_lightning():
-        trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
-                             max_epochs=epochs, callbacks=callbacks, logger=False, default_root_dir=work,
-                             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                             precision=precision, max_epochs=epochs, callbacks=callbacks, logger=False,
+                             default_root_dir=work, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
                              log_every_n_steps=min(50, n_batches))
         trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl)
 
@@ -268,6 +276,7 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
     best_epoch = int(best["epoch"])
     classifier = module.classifier.to("cpu", memory_format=torch.contiguous_format).eval()
     ckpt_path = out_dir / CHECKPOINT_NAME
+    trainer.strategy.barrier("finetune-best-loaded")  # under DDP every process has read best.ckpt before it goes
     if trainer.is_global_zero:
         save_checkpoint(ckpt_path, classifier.backbone, method="finetune", head=classifier.head.state_dict(),
                         classes=classes, image_size=int(image_size), dropout=float(mc_dropout),
@@ -311,7 +320,7 @@ def predict_outputs(classifier: Classifier, paths: Sequence[str | Path], image_s
         torch.manual_seed(seed)
         for x, _ in tqdm(loader, desc="predict", disable=not progress, leave=False):
             x = x.to(device, non_blocking=True)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_cuda):
+            with inference_autocast(dev):
                 f = classifier.backbone(x)
             f = f.float()
             feats.append(f.cpu())

@@ -19,6 +19,7 @@ LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric
 QUIET_WARNINGS = (".*does not have many workers.*", ".*exists and is not empty.*", ".*treespec, LeafSpec.*",
                   ".*LeafSpec.*", ".*torch.nn.utils.weight_norm.*", ".*number of training batches.*",
                   ".*no `val_dataloader`.*")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # Lightning's names: fp32, bf16 autocast, fp16 autocast + scaler
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -50,12 +51,40 @@ def loader_workers(device: torch.device, num_workers: int | None = None) -> int:
     return min(4, max(0, cores // 2 - 1))
 
 
-def trainer_precision(device: torch.device) -> tuple[str, str]:
-    """Lightning's (accelerator, precision) for a device: bf16 AMP on GPUs that have it (fp16 with a scaler on
-    older ones), full fp32 on the CPU."""
-    if device.type == "cuda":
-        return "cuda", "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "cpu", "32-true"
+def trainer_precision(device: torch.device, precision: str | None = None) -> tuple[str, str]:
+    """Lightning's (accelerator, precision) for a device: by default bf16 AMP on GPUs that have it (fp16 with a
+    scaler on older ones), full fp32 on the CPU; `precision` asks for one of PRECISIONS instead (bf16-mixed also
+    runs on the CPU, under CPU autocast)."""
+    accelerator = "cuda" if device.type == "cuda" else "cpu"
+    if precision is None:
+        if device.type == "cuda":
+            return accelerator, "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return accelerator, "32-true"
+    if precision not in PRECISIONS:
+        raise CxrAlError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if precision == "16-mixed" and device.type != "cuda":
+        raise CxrAlError("16-mixed (fp16 with a loss scaler) needs a CUDA GPU; use bf16-mixed or 32-true on the CPU")
+    if precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise CxrAlError("this GPU has no bfloat16; use 16-mixed or 32-true")
+    return accelerator, precision
+
+
+def inference_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for embedding and prediction, the half type training uses on this device (trainer_precision's
+    default): bf16 on a GPU that has it, else fp16; off on the CPU."""
+    _, precision = trainer_precision(device)
+    if precision == "32-true":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16-mixed" else torch.float16)
+
+
+def trainer_devices(device: torch.device, devices: int | str | list[int] | None = None) -> int | str | list[int]:
+    """Lightning's `devices`: None -> the one resolved device (cuda:N -> [N]), so nothing runs on several GPUs
+    unless asked; else as asked (it wins over an index in `device`): a count, a list of GPU indices, or 'auto'
+    (every GPU of the node)."""
+    if devices is None:
+        return [device.index] if device.type == "cuda" and device.index is not None else 1
+    return devices
 
 
 @contextlib.contextmanager

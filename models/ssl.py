@@ -37,7 +37,13 @@ from torchmetrics import MeanMetric
 from models.augment import SSL_METHODS, XrayAugmentConfig, ssl_transform
 from models.backbones import GreyBackbone, build_backbone, save_checkpoint
 from models.embed import ReadErrorsAsValues, raise_read_errors
-from models.runtime import loader_workers, quiet_lightning, resolve_device, trainer_precision
+from models.runtime import (
+    loader_workers,
+    quiet_lightning,
+    resolve_device,
+    trainer_devices,
+    trainer_precision,
+)
 from store.errors import CxrAlError
 
 # (optimizer, base learning rate at batch 256): lightly's examples' settings, scaled linearly with
@@ -354,13 +360,16 @@ def write_loss_curve(losses: Sequence[float], out_dir: Path, title: str) -> tupl
 
 def pretrain(paths: list[str], out_dir: Path, *, method: str = "simclr", backbone: str = "resnet18",
              init: str | Path = "random", epochs: int = 10, batch_size: int = 64, image_size: int = 224,
-             lr: float | None = None, device: str = "auto", devices: int | str | list[int] = "auto",
-             num_nodes: int = 1, strategy: str = "auto", resume: bool = False, seed: int = 0,
-             num_workers: int | None = None, augment: XrayAugmentConfig | None = None,
-             progress: bool = True, max_steps: int | None = None,
-             allow_download: bool = False) -> PretrainResult:
+             lr: float | None = None, device: str = "auto", devices: int | str | list[int] | None = None,
+             num_nodes: int = 1, strategy: str = "auto", precision: str | None = None, resume: bool = False,
+             seed: int = 0, num_workers: int | None = None, augment: XrayAugmentConfig | None = None,
+             progress: bool = True, max_steps: int | None = None, allow_download: bool = False) -> PretrainResult:
     """Pretrain a backbone self-supervised on image files and write out_dir/backbone.pt (plus
-    Lightning's last.ckpt for resuming, loss.csv and loss.png)."""
+    Lightning's last.ckpt for resuming, loss.csv and loss.png).
+
+    One device by default. `devices` (per node) x `num_nodes` processes train with DDP (`strategy`, e.g. ddp);
+    under torchrun or SLURM every process runs this same call and only global rank 0 writes the files
+    (docs/multi_gpu.md). `precision` overrides models.runtime.trainer_precision's choice (e.g. bf16-mixed)."""
     t_start = time.perf_counter()
     if method not in MODULES:
         raise CxrAlError(f"unknown SSL method {method!r}; choose from {', '.join(MODULES)}")
@@ -380,9 +389,8 @@ def pretrain(paths: list[str], out_dir: Path, *, method: str = "simclr", backbon
         hp = _read_resume_hparams(last_ckpt, method, backbone)
 
     dev = resolve_device(device)
-    accelerator, precision = trainer_precision(dev)
-    if dev.type == "cuda" and dev.index is not None and devices == "auto":
-        devices = [dev.index]
+    accelerator, precision = trainer_precision(dev, precision)
+    devices = trainer_devices(dev, devices)
     pl.seed_everything(seed, workers=True, verbose=False)
 
     batch = min(batch_size, len(paths))  # a pool smaller than a batch still trains, as one batch
@@ -420,12 +428,14 @@ def pretrain(paths: list[str], out_dir: Path, *, method: str = "simclr", backbon
         checkpoint=out_dir / "backbone.pt", method=method, losses=losses, steps=meter.steps,
         images_per_second=meter.images / meter.seconds if meter.seconds > 0 else 0.0,
         wall_seconds=0.0, device=dev.type, lightning_checkpoint=last_ckpt,
-        extra={"lr": module.lr, "batch_size": batch, "num_workers": workers, "world_size": trainer.world_size})
+        extra={"lr": module.lr, "batch_size": batch, "num_workers": workers, "world_size": trainer.world_size,
+               "global_rank": trainer.global_rank, "precision": precision})
     if trainer.is_global_zero:
         exported = module.export_backbone().to("cpu", memory_format=torch.contiguous_format)
         save_checkpoint(result.checkpoint, exported, method=method, init=kwargs["init"],
                         epochs=len(losses), image_size=image_size, losses=losses,
                         steps=int(trainer.global_step), lr=module.lr, seed=seed)
         result.loss_csv, result.loss_png = write_loss_curve(losses, out_dir, f"{method} / {backbone}")
+    trainer.strategy.barrier("pretrain-saved")  # under DDP no process returns before backbone.pt exists
     result.wall_seconds = time.perf_counter() - t_start
     return result
