@@ -41,6 +41,7 @@ class RoundPolicy(BaseModel):
     strategy: Text = DEFAULT_ROUND_POLICY["strategy"]
     batch_size: int = _int(DEFAULT_ROUND_POLICY["batch_size"], 1, 1000)
     epochs: int = _int(DEFAULT_ROUND_POLICY["epochs"], 1, 1000)
+    random_share: float = Field(default=DEFAULT_ROUND_POLICY["random_share"], strict=False, ge=0.0, le=1.0)
 
 
 class ProjectConfig(BaseModel):

@@ -414,6 +414,19 @@ class ProjectDB:
                    FROM labels l JOIN images i ON i.id = l.image_id
                    WHERE l.superseded_by IS NULL ORDER BY l.id""").df()
 
+    def label_origins(self) -> pd.DataFrame:
+        """Every current label of a pool image with the suggestion it answered: image_id, label, annotator,
+        created_at, strategy (NULL when no queue entry led to it, e.g. imported labels) and model_round of
+        the newest finished queue entry of that image. What `auto`'s evidence and the efficiency view read."""
+        with self.read() as con:
+            return con.execute(
+                """SELECT l.image_id, l.label, l.annotator, l.created_at, q.strategy, q.model_round
+                   FROM labels l JOIN images i ON i.id = l.image_id
+                   LEFT JOIN (SELECT image_id, arg_max(strategy, id) AS strategy,
+                                     arg_max(model_round, id) AS model_round
+                              FROM queue WHERE status = 'done' GROUP BY image_id) q ON q.image_id = l.image_id
+                   WHERE l.superseded_by IS NULL AND i.split = 'pool' ORDER BY l.id""").df()
+
     def count_labeled_since(self, since: Any = None, split: str = "pool") -> int:
         """Images of a split whose first current label came after `since` (every labeled one when None):
         what the round policy counts, in one query (it runs after every label)."""

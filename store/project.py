@@ -24,6 +24,7 @@ DEFAULT_ROUND_POLICY = {
     "strategy": "auto",  # query strategy for suggestions
     "batch_size": 16,  # suggestions per batch and annotator
     "epochs": 10,  # fine-tuning epochs (finetune mode)
+    "random_share": 0.2,  # share of each `auto` batch drawn at random (measures whether active picks pay off)
 }
 
 _CLASS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,63}$")

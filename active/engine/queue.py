@@ -12,6 +12,8 @@ from active.engine.rounds import latest_predictions, latest_round
 from store.errors import CxrAlError
 from store.project import Project
 
+NOT_A_STRATEGY = ("double-read", "second-read", "pool-order")
+
 
 def suggest(project: Project, n: int | None = None, *, strategy: str | None = None, annotator: str | None = None,
             seed: int = 0, double_read_fraction: float | None = None) -> pd.DataFrame:
@@ -22,7 +24,7 @@ def suggest(project: Project, n: int | None = None, *, strategy: str | None = No
     fraction of each batch is instead taken from images another annotator labeled once, to
     measure agreement (double reading).
     """
-    from active.strategies import QueryInputs, select
+    from active.strategies import QueryInputs, choose_arm, select
 
     policy = project.round_policy
     n = int(n or policy["batch_size"])
@@ -61,17 +63,53 @@ def suggest(project: Project, n: int | None = None, *, strategy: str | None = No
             strategy = "random" if probs is None else "entropy"  # no embeddings: the best we can do
 
     entries: list[dict[str, Any]] = []
+    arm_gains, reason = None, None
     if n_new > 0 and (~unavailable).any():
-        inputs = QueryInputs(labeled=unavailable, embeddings=embeddings, probs=probs)
+        if strategy == "auto" and probs is not None and embeddings is not None:
+            arm_gains = strategy_evidence(project, ids, embeddings, seed=seed)
+        inputs = QueryInputs(labeled=unavailable, embeddings=embeddings, probs=probs, arm_gains=arm_gains,
+                             random_share=float(policy["random_share"]))
+        if strategy == "auto":
+            reason = choose_arm(inputs)[1]
         ranked = select(strategy, inputs, n_new, seed=seed)
-        entries += [{"image_id": int(ids[i]), "annotator": annotator, "strategy": strategy, "score": float(s),
-                     "model_round": round_id, "rank": r} for r, (i, s) in enumerate(zip(ranked.indices, ranked.scores,
-                                                                                         strict=True))]
+        names = ([f"{strategy}:{s}" for s in ranked.sources] if ranked.sources is not None
+                 else [strategy] * len(ranked.indices))
+        entries += [{"image_id": int(ids[i]), "annotator": annotator, "strategy": name, "score": float(s),
+                     "model_round": round_id, "rank": r}
+                    for r, (i, s, name) in enumerate(zip(ranked.indices, ranked.scores, names, strict=True))]
     entries += [{"image_id": int(i), "annotator": annotator, "strategy": "double-read", "score": 0.0,
                  "model_round": round_id, "rank": len(entries) + k} for k, i in enumerate(double)]
     db.add_to_queue(entries)
-    db.log_event("suggest", annotator, strategy=strategy, n=len(entries), double_reads=len(double))
+    chosen = sorted({e["strategy"] for e in entries} - {"double-read"})
+    db.log_event("suggest", annotator, strategy=strategy, chosen=chosen, reason=reason, n=len(entries),
+                 double_reads=len(double))
     return pd.DataFrame(entries, columns=["image_id", "annotator", "strategy", "score", "model_round", "rank"])
+
+
+def label_source(strategy: Any) -> str:
+    """The strategy that picked a labeled image, as `auto`'s evidence counts it: an `auto` part by its own
+    name ('auto:random' -> 'random'), anything not chosen by a strategy (double reads, pool order, imported
+    labels) as ''."""
+    if not isinstance(strategy, str) or strategy in NOT_A_STRATEGY:
+        return ""
+    return strategy.split(":", 1)[1] if strategy.startswith("auto:") else strategy
+
+
+def strategy_evidence(project: Project, ids: np.ndarray, embeddings: np.ndarray, *, seed: int = 0
+                      ) -> dict[str, np.ndarray]:
+    """The measured value of each strategy's labels (engine.evidence.label_gains) on this project's labels."""
+    from active.engine.evidence import label_gains
+
+    origins = project.db.label_origins().drop_duplicates("image_id", keep="first")
+    origins = origins[origins["label"].isin(project.classes)]
+    row = pd.Series(np.arange(len(ids)), index=ids)
+    origins = origins[origins["image_id"].isin(row.index)]
+    if origins.empty:
+        return {}
+    class_index = {c: i for i, c in enumerate(project.classes)}
+    return label_gains(embeddings[row.loc[origins["image_id"]].to_numpy()],
+                       origins["label"].map(class_index).to_numpy(), origins["strategy"].map(label_source).to_numpy(),
+                       len(project.classes), seed=seed)
 
 
 def refresh_queue(project: Project, *, seed: int = 0) -> pd.DataFrame:
