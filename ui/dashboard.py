@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from active.engine import policy
-from active.views import agreement, dashboard, status
+from active.views import agreement, dashboard, efficiency, status
 from active.views.accounts import can
 from store.errors import CxrAlError
 from store.project import Project
@@ -183,6 +183,20 @@ def _efficiency(project: Project) -> None:
                 st.dataframe(simulation, hide_index=True)
 
 
+def _paying_off(project: Project) -> None:
+    st.subheader("Is active learning paying off?")
+    report = efficiency.efficiency(project)
+    overall = report["overall"]
+    with st.container(key="dash-paying-off"):
+        st.markdown(f"**{overall['sentence'].capitalize()}.**")
+        if report["rounds"]:
+            st.dataframe(efficiency.efficiency_table(report), hide_index=True)
+    st.caption("Each round's model scored on the labels that arrived after it: the random share of auto's batches "
+               "(an unbiased sample of the pool, so no test split is needed) against the actively chosen picks, "
+               "with 95% bootstrap CIs. Lower accuracy on active picks means they are the images the model gets "
+               "wrong.")
+
+
 def _labels(project: Project) -> None:
     st.subheader("Labels")
     over_time = dashboard.labels_per_class_over_time(project)
@@ -259,6 +273,7 @@ def render() -> None:
     history = status.round_history(project)
     _training_panel(project, user, history)
     _efficiency(project)
+    _paying_off(project)
     _labels(project)
     _agreement(project)
     _rounds(history)

@@ -46,7 +46,12 @@ def reason_text(current: dict[str, Any]) -> str:
         return "double reading: another annotator labeled it (agreement check)"
     if current.get("source") == "pool" or strategy == "pool-order" or not strategy:
         return "no suggestion queued: next unlabeled pool image (id order)"
-    text = f"suggested by **{strategy}**"
+    if strategy.startswith("auto:"):
+        part = strategy.split(":", 1)[1]
+        text = ("random share of auto's batch (an unbiased sample: it measures whether active picks pay off)"
+                if part == "random" else f"suggested by **{part}** (auto's choice)")
+    else:
+        text = f"suggested by **{strategy}**"
     if score is not None:
         text += f", score {float(score):.3f}"
     if current.get("model_round") is not None:

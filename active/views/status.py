@@ -10,6 +10,7 @@ from active.engine.artifacts import BACKGROUND_LOG, EMBEDDINGS_NAME, INDEX_DIR
 from active.engine.policy import labels_since_last_train, round_due
 from active.engine.rounds import current_rounds
 from active.views.dashboard import CURVE_METRICS, number
+from active.views.efficiency import efficiency
 from store.db import utcnow
 from store.project import Project
 
@@ -33,6 +34,7 @@ def status(project: Project) -> dict[str, Any]:
         for r in summary["rounds"] if r["kind"] == "pretrain"]
     summary["embeddings"], summary["index"] = _embedding_status(project)
     summary["round_due"] = bool(round_due(project))
+    summary["efficiency"] = efficiency(project)
     return summary
 
 

@@ -195,6 +195,7 @@ def test_dashboard_shows_curve_agreement_and_failed_rounds(project) -> None:
     assert _table(at, "dash-rounds")["status"].tolist() == ["done", "done", "failed", "done"]
     annotators = _table(at, "dash-annotators").set_index("annotator")
     assert annotators.loc["alice", "labels"] == 6 and annotators.loc["alice", "labels_per_hour"] == pytest.approx(900)
+    assert "Too few labels yet to tell" in _texts(at.markdown)  # no label came from an auto batch here
     at.selectbox(key="dash_metric").set_value("balanced_accuracy").run()
     assert "No scored training round" in _texts(at.info)  # no round recorded balanced accuracy
 
