@@ -7,7 +7,8 @@ label yet, and turns into a torch head so Grad-CAM++ can explain probe rounds to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -51,12 +52,16 @@ class ProbeModel:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """(N, n_classes) probabilities, rows summing to 1; classes never labelled get 0."""
-        x = self.features(x)
-        out = np.zeros((x.shape[0], self.n_classes), dtype=np.float64)
-        if self.lr is None:
+        return self.proba_of_features(self.features(x), self.lr)
+
+    def proba_of_features(self, features: np.ndarray, lr: LogisticRegression | None) -> np.ndarray:
+        """(N, n_classes) float32 probabilities of `lr` (this probe's or a bootstrap member's, fit on the same
+        seen classes) on features already passed through self.features."""
+        out = np.zeros((features.shape[0], self.n_classes), dtype=np.float64)
+        if lr is None:
             out[:, self.seen[0]] = 1.0
         else:
-            out[:, self.seen] = self.lr.predict_proba(x)
+            out[:, self.seen] = lr.predict_proba(features)
         return out.astype(np.float32)
 
     def logit_parameters(self) -> tuple[np.ndarray, np.ndarray]:
@@ -107,3 +112,42 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, C: float
     lr = LogisticRegression(C=C, class_weight=class_weight, solver="lbfgs", max_iter=5000, random_state=seed)
     lr.fit(scaler.transform(x), y)
     return ProbeModel(n_classes, x.shape[1], seen, lr, scaler)
+
+
+@dataclass
+class ProbeEnsemble:
+    """A probe and its bootstrap members (same seen classes, same feature standardisation): samples of the class
+    probabilities whose spread is the model uncertainty BALD scores, as MC dropout gives a fine-tuned network."""
+
+    base: ProbeModel
+    members: list[LogisticRegression | None] = field(default_factory=list)
+
+    def predict_samples(self, x: np.ndarray) -> np.ndarray:
+        """(T, N, n_classes) float32 probabilities, one row block per member, each row summing to 1."""
+        features = self.base.features(x)  # once for all members: they share the base's standardisation
+        return np.stack([self.base.proba_of_features(features, lr) for lr in self.members])
+
+
+def fit_probe_ensemble(train_x: np.ndarray, train_y: np.ndarray, n_classes: int, n_members: int = 10, *,
+                       base: ProbeModel | None = None, seed: int = 0) -> ProbeEnsemble:
+    """A seeded bootstrap ensemble of probes: member t is fit on a class-stratified resample of the labelled set
+    (each class resampled to its own count, so no class drops out and the class weights stay those of the base),
+    warm-started from the probe on all labels (`base`, fit here when not given) in its feature space.
+
+    Warm starts keep it cheap: each member needs only the lbfgs steps from the full-data optimum to the
+    resample's. With a single labelled class every member says that class (no spread to measure)."""
+    if n_members < 1:
+        raise ValueError(f"an ensemble needs at least one member, got {n_members}")
+    y = np.asarray(train_y, dtype=np.int64).ravel()
+    base = base if base is not None else fit_probe(train_x, y, n_classes, seed=seed)
+    if base.lr is None:
+        return ProbeEnsemble(base, [None] * n_members)
+    x = base.features(train_x)
+    rng = np.random.default_rng(seed)
+    rows_of_class = [np.flatnonzero(y == k) for k in base.seen]
+    members = []
+    for _ in range(n_members):
+        resample = np.concatenate([rng.choice(rows, size=rows.size, replace=True) for rows in rows_of_class])
+        lr = copy.deepcopy(base.lr).set_params(warm_start=True)
+        members.append(lr.fit(x[resample], y[resample]))
+    return ProbeEnsemble(base, members)

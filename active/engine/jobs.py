@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from active.engine.artifacts import SAMPLE_FILES
 from store.errors import CxrAlError
 
 SPEC_NAME = "spec.json"
@@ -43,6 +44,8 @@ def _json_scalar(value: Any) -> Any:
 
 
 TRAIN_MODES = ("probe", "finetune")  # probe: logistic regression on SSL embeddings; finetune: end to end
+MC_SAMPLES = 10  # T probability samples a training round writes for BALD (bootstrap probes or MC-dropout passes)
+FINETUNE_DROPOUT = 0.3  # dropout before a fine-tuned head: what MC dropout samples, so BALD has a spread to score
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,7 +129,11 @@ class EmbedJob(JobSpec):
 @dataclass(frozen=True, kw_only=True)
 class TrainJob(JobSpec):
     """Fit a probe (on saved embeddings) or fine-tune (on the images) with the labeled snapshot, predict every
-    image, score the test split. Positions index the all_* arrays."""
+    image, score the test split. Positions index the all_* arrays.
+
+    Beside the predictions it writes what BALD and BADGE need, rows in all_ids order: mc_samples probability
+    samples of every image (a bootstrap ensemble of probes, or MC-dropout passes of the fine-tuned network) and,
+    when fine-tuning, the penultimate features."""
 
     task: ClassVar[str] = "train"
     mode: str  # one of TRAIN_MODES
@@ -148,12 +155,16 @@ class TrainJob(JobSpec):
     device: str = "auto"
     seed: int = 0
     n_bootstrap: int = 1000
+    mc_samples: int = MC_SAMPLES  # 0: write no probability samples
+    dropout: float = FINETUNE_DROPOUT  # finetune: dropout before the head (0: no MC-dropout samples)
 
     def __post_init__(self) -> None:
         if self.mode not in TRAIN_MODES:
             raise CxrAlError(f"unknown training mode {self.mode!r}; use {' or '.join(TRAIN_MODES)}")
         if self.mode == "probe" and not self.vectors:
             raise CxrAlError("a probe training job needs the embeddings of every image (vectors)")
+        if self.mc_samples < 0 or not 0.0 <= self.dropout < 1.0:
+            raise CxrAlError(f"need mc_samples >= 0 and 0 <= dropout < 1, got {self.mc_samples} and {self.dropout}")
 
     def run(self, out: Path) -> dict[str, Any]:
         from models.metrics import classification_metrics
@@ -162,12 +173,16 @@ class TrainJob(JobSpec):
         train_pos = np.asarray(self.train_pos, dtype=np.int64)
         train_y = np.asarray(self.train_y, dtype=np.int64)
         extra: dict[str, Any] = {}
+        features = mc_probs = None
         if self.mode == "probe":
-            from models.probe import fit_probe
+            from models.probe import fit_probe, fit_probe_ensemble
 
             vectors = np.load(self.vectors)
             probe = fit_probe(vectors[train_pos], train_y, n_classes=len(classes), seed=self.seed)
             probs = probe.predict_proba(vectors)
+            if self.mc_samples:
+                mc_probs = fit_probe_ensemble(vectors[train_pos], train_y, len(classes), self.mc_samples, base=probe,
+                                              seed=self.seed).predict_samples(vectors)
             if self.checkpoint:
                 from models.backbones import load_checkpoint, save_checkpoint
 
@@ -183,10 +198,12 @@ class TrainJob(JobSpec):
             result = finetune([paths[i] for i in train_pos], train_y, classes, out, checkpoint=self.checkpoint,
                               backbone=self.backbone, init=self.init, image_size=self.image_size,
                               epochs=self.epochs, batch_size=self.batch_size, device=self.device, seed=self.seed,
-                              progress=self.progress)
+                              progress=self.progress, mc_dropout=self.dropout)
             classifier = result.classifier if result.classifier is not None else load_classifier(result.checkpoint)[0]
-            probs = predict_outputs(classifier, paths, self.image_size, batch_size=self.batch_size,
-                                    device=self.device).probs
+            outputs = predict_outputs(classifier, paths, self.image_size, batch_size=self.batch_size,
+                                      device=self.device, mc_samples=self.mc_samples if self.dropout > 0 else 0,
+                                      seed=self.seed)
+            probs, mc_probs, features = outputs.probs, outputs.mc_probs, outputs.features
             extra["checkpoint"] = str(result.checkpoint)
         probs = np.asarray(probs, dtype=np.float32)
         pd.DataFrame({"image_id": np.asarray(self.all_ids, dtype=np.int64), "probs": list(probs)}).to_parquet(
@@ -197,7 +214,22 @@ class TrainJob(JobSpec):
             metrics.update(classification_metrics(np.asarray(self.test_y), probs[test_pos], classes,
                                                   positive_class=self.positive_class,
                                                   n_bootstrap=self.n_bootstrap, seed=self.seed))
-        return {"predictions": str(out / "predictions.parquet"), "metrics": metrics, **extra}
+        samples = self._write_samples(out, mc_probs, features)
+        return {"predictions": str(out / "predictions.parquet"), "metrics": metrics, "samples": samples, **extra}
+
+    def _write_samples(self, out: Path, mc_probs: np.ndarray | None, features: np.ndarray | None) -> dict[str, Any]:
+        """Save the (T, N, C) samples and (N, F) features with the image ids of their rows; what was written."""
+        if mc_probs is None and features is None:
+            return {}
+        samples: dict[str, Any] = {"kind": "bootstrap" if self.mode == "probe" else "mc_dropout",
+                                   "T": 0 if mc_probs is None else int(mc_probs.shape[0])}
+        for key, array in (("image_ids", np.asarray(self.all_ids, dtype=np.int64)), ("mc_probs", mc_probs),
+                           ("features", features)):
+            if array is not None:
+                path = out / SAMPLE_FILES[key]
+                np.save(path, array if key == "image_ids" else np.asarray(array, dtype=np.float32))
+                samples[key] = str(path)
+        return samples
 
 
 JOBS: dict[str, type[JobSpec]] = {job.task: job for job in (PretrainJob, EmbedJob, TrainJob)}

@@ -11,13 +11,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from active.engine.artifacts import EMBEDDINGS_NAME, INDEX_DIR, embeddings_for
+from active.engine.artifacts import (
+    EMBEDDINGS_NAME,
+    INDEX_DIR,
+    SAMPLE_FILES,
+    artifact_path,
+    embeddings_for,
+    recorded_path,
+)
 from active.engine.jobs import EmbedJob, JobSpec, PretrainJob, TrainJob, run_in_child, run_job
 from store.errors import CxrAlError
 from store.export import labeled_set
@@ -128,25 +134,6 @@ def _run(spec: JobSpec, in_child: bool) -> dict[str, Any]:
     return run_in_child(spec) if in_child else run_job(spec)
 
 
-def _recorded_path(project: Project, path: str | None) -> str | None:
-    """A path as the database records it: relative to the project root when it lies inside the project."""
-    if not path:
-        return path
-    resolved = Path(path).resolve()
-    try:
-        return resolved.relative_to(project.root.resolve()).as_posix()
-    except ValueError:
-        return str(resolved)
-
-
-def artifact_path(project: Project, recorded: str | None) -> str | None:
-    """A path the database recorded, resolved against the project root (absolute ones as they are)."""
-    if not recorded:
-        return recorded
-    path = Path(recorded)
-    return str(path if path.is_absolute() else project.root.resolve() / path)
-
-
 def latest_round(project: Project, kind: str) -> dict[str, Any] | None:
     """The most recent successful round of a kind (pretrain | embed | train), or None."""
     rounds = project.db.rounds(kind)
@@ -168,7 +155,7 @@ def _recorded(project: Project, kind: str, params: dict[str, Any], spec: JobSpec
         try:
             result = _run(spec, in_child)
             if result.get("checkpoint"):
-                result = {**result, "checkpoint": _recorded_path(project, result["checkpoint"])}
+                result = {**result, "checkpoint": recorded_path(project, result["checkpoint"])}
             record(round_id, result)
         except BaseException as exc:
             project.db.fail_round(round_id, f"{type(exc).__name__}: {exc}")
@@ -197,7 +184,7 @@ def pretrain(project: Project, *, method: str = "simclr", backbone: str | None =
                        allow_download=allow_download, **params)
     if resume:
         spec = replace(spec, out_dir=resumable_pretrain_dir(project))
-        params["resumed_from"] = _recorded_path(project, spec.out_dir)
+        params["resumed_from"] = recorded_path(project, spec.out_dir)
 
     def record(round_id: int, result: dict[str, Any]) -> None:
         metrics = {"final_loss": result["losses"][-1] if result["losses"] else None, "losses": result["losses"],
@@ -270,7 +257,7 @@ def embed(project: Project, *, checkpoint: str | None = None, init: str | None =
             save_embeddings(path, new_ids, vectors, tag)
         ids, all_vectors, _ = load_embeddings(path)
         index = EmbeddingIndex.load_or_build(project.artifacts / INDEX_DIR, ids, all_vectors, tag)
-        project.db.finish_round(round_id, checkpoint=_recorded_path(project, checkpoint), metrics={
+        project.db.finish_round(round_id, checkpoint=recorded_path(project, checkpoint), metrics={
             "embedded": int(len(new_ids)), "embeddings": int(len(ids)), "dim": int(all_vectors.shape[1]),
             "index": index.kind, "images_per_second": result.get("images_per_second")})
 
@@ -333,6 +320,9 @@ def train(project: Project, *, mode: str | None = None, epochs: int | None = Non
     def record(round_id: int, result: dict[str, Any]) -> None:
         predictions = pd.read_parquet(result["predictions"])
         metrics = {"mode": mode, **result["metrics"]}
+        if result.get("samples"):  # files for BALD and BADGE (active.engine.artifacts.round_samples reads them)
+            metrics["samples"] = {key: recorded_path(project, value) if key in SAMPLE_FILES else value
+                                  for key, value in result["samples"].items()}
         project.db.finish_round(round_id, checkpoint=result.get("checkpoint"), metrics=metrics,
                                 predictions=predictions)
 

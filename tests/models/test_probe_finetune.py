@@ -20,7 +20,7 @@ from models.finetune import (
     predict_proba,
     stratified_split,
 )
-from models.probe import fit_probe
+from models.probe import fit_probe, fit_probe_ensemble
 from store.errors import CxrAlError
 from store.phantoms import iter_phantoms, render_phantom
 
@@ -174,6 +174,26 @@ def test_probe_is_seconds_and_rejects_bad_labels():
     assert probe.predict_proba(x[:5]).shape == (5, 4)
     with pytest.raises(ValueError, match="class indices"):
         fit_probe(x[:10], np.full(10, 7), 4)
+
+
+def test_bootstrap_probe_ensemble_gives_seeded_differing_samples_over_every_class():
+    x, y = _clusters(n=120)
+    keep = y != 2  # class 2 unlabelled: it stays a zero column in every member
+    base = fit_probe(x[keep], y[keep], n_classes=4)
+    ensemble = fit_probe_ensemble(x[keep], y[keep], 4, n_members=6, base=base, seed=1)
+    samples = ensemble.predict_samples(x)
+    assert samples.shape == (6, 120, 4) and samples.dtype == np.float32
+    np.testing.assert_allclose(samples.sum(axis=2), 1.0, atol=1e-5)
+    assert samples[:, :, 2].max() < 1e-6
+    assert all(np.array_equal(lr.classes_, base.seen) for lr in ensemble.members)  # no class dropped out
+    assert not np.allclose(samples[0], samples[1])  # members differ
+    assert np.abs(samples.mean(axis=0) - base.predict_proba(x)).mean() < 0.05  # ... around the probe
+    again = fit_probe_ensemble(x[keep], y[keep], 4, n_members=6, seed=1).predict_samples(x)
+    np.testing.assert_array_equal(again, samples)  # seeded
+    one_class = fit_probe_ensemble(x[:5], np.full(5, 3), 4, n_members=3).predict_samples(x)
+    assert one_class.shape == (3, 120, 4) and np.allclose(one_class[:, :, 3], 1.0)
+    with pytest.raises(ValueError, match="at least one member"):
+        fit_probe_ensemble(x, y, 4, n_members=0)
 
 
 def test_stratified_split_keeps_a_training_image_per_class():

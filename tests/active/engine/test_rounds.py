@@ -18,6 +18,14 @@ def _oracle(project) -> dict[int, str]:
     return dict(zip(frame["image_id"].astype(int), frame["label"], strict=True))
 
 
+def _label_some(project, n: int, annotator: str = "frank") -> None:
+    """Label the first n pool images not labeled yet with their hidden ground truth."""
+    oracle = _oracle(project)
+    labeled = set(project.db.current_labels()["image_id"])
+    for image_id in [i for i in project.db.images("pool")["id"].astype(int) if i not in labeled][:n]:
+        record_label(project, image_id, oracle[image_id], annotator)
+
+
 @pytest.fixture(scope="module")
 def looped(tmp_path_factory):
     """One phantom project taken through pretraining (in a child process, as the CLI does) and embedding."""
@@ -71,6 +79,34 @@ def test_suggest_label_train_suggest(looped) -> None:
     after = suggest(looped, 4, strategy="auto", annotator="alice")
     assert len(after) == 4 and set(after["model_round"]) == {result["round_id"]}
     assert not set(after["image_id"]) & (set(first["image_id"]) | set(second["image_id"]))
+
+
+def test_probe_round_writes_bootstrap_samples_for_bald(looped) -> None:
+    from active.engine.artifacts import round_samples
+    from active.engine.jobs import MC_SAMPLES
+    from active.strategies import QueryInputs, select
+
+    if latest_round(looped, "train") is None:
+        _label_some(looped, 12)
+        train(looped, mode="probe", in_child=False, progress=False, n_bootstrap=10)
+    last = latest_round(looped, "train")
+    samples = last["metrics"]["samples"]
+    assert samples["kind"] == "bootstrap" and samples["T"] == MC_SAMPLES and "features" not in samples
+    assert not samples["mc_probs"].startswith("/")  # recorded relative to the project root
+    mc = np.load(looped.root / samples["mc_probs"])
+    assert mc.shape == (MC_SAMPLES, 48, len(looped.classes))
+    np.testing.assert_allclose(mc.sum(axis=2), 1.0, atol=1e-5)
+    assert not np.allclose(mc[0], mc[1])  # the members differ
+
+    pool = looped.db.images("pool")["id"].to_numpy(np.int64)[::-1]  # any order of ids: rows follow it
+    mc_pool, features = round_samples(looped, int(last["id"]), pool)
+    assert features is None and mc_pool.shape == (MC_SAMPLES, len(pool), len(looped.classes))
+    ids = np.load(looped.root / samples["image_ids"])
+    np.testing.assert_array_equal(mc_pool[:, 0], mc[:, int(np.flatnonzero(ids == pool[0])[0])])
+    assert round_samples(looped, int(last["id"]), np.array([10_000])) == (None, None)  # not covered
+    labeled = np.isin(pool, looped.db.current_labels()["image_id"])
+    ranked = select("bald", QueryInputs(labeled=labeled, mc_probs=mc_pool), 4)
+    assert len(ranked.indices) == 4 and not labeled[ranked.indices].any()
 
 
 def test_failed_round_is_recorded_and_next_round_retries(looped, monkeypatch) -> None:
@@ -137,9 +173,7 @@ def test_explain_probe_round_and_neighbors(looped, tmp_path) -> None:
     from active.views.explain import explain, neighbors
 
     if latest_round(looped, "train") is None:
-        oracle = _oracle(looped)
-        for image_id in looped.db.images("pool")["id"].astype(int)[:8]:
-            record_label(looped, image_id, oracle[image_id], "frank")
+        _label_some(looped, 8)
         train(looped, mode="probe", in_child=False, progress=False, n_bootstrap=10)
     (result,) = explain(looped, [1], class_name="Consolidation")
     assert result["heatmap"].shape == (64, 64) and 0 <= result["heatmap"].min() <= result["heatmap"].max() <= 1
@@ -169,3 +203,37 @@ def test_refresh_queue_after_a_round_replaces_stale_suggestions_but_keeps_claime
     assert len(fresh) == min(looped.round_policy["batch_size"], len(free) - 1)
     assert set(fresh["model_round"]) == {round_id}
     assert not set(fresh["image_id"]) & labeled
+
+
+def test_finetune_round_writes_mc_dropout_samples_and_features(tmp_path) -> None:
+    """A tiny fine-tuning round (32 px, 1 epoch, 16 images) records MC-dropout samples and penultimate features
+    that BALD and BADGE take."""
+    from active.engine.artifacts import round_samples
+    from active.engine.jobs import MC_SAMPLES
+    from active.strategies import QueryInputs, select
+    from store.ingest import ingest_folder
+    from store.phantoms import PHANTOM_CLASSES, write_phantom_dataset
+    from store.project import init_project
+
+    data = write_phantom_dataset(tmp_path / "data", n=16, seed=2, size=32)
+    project = init_project(tmp_path / "project", list(PHANTOM_CLASSES), image_size=32)
+    ingest_folder(project.db, data / "images", project.classes, labels_from="folders", labels_as="labels",
+                  test_fraction=0.25, seed=0)
+    result = train(project, mode="finetune", epochs=1, batch_size=8, device="cpu", in_child=False, progress=False,
+                   n_bootstrap=10)
+    samples = latest_round(project, "train")["metrics"]["samples"]
+    assert samples["kind"] == "mc_dropout" and samples["T"] == MC_SAMPLES
+    pool = project.db.images("pool")["id"].to_numpy(np.int64)
+    mc, features = round_samples(project, result["round_id"], pool)
+    assert mc.shape == (MC_SAMPLES, len(pool), 4) and features.shape == (len(pool), 512)
+    np.testing.assert_allclose(mc.sum(axis=2), 1.0, atol=1e-5)
+    assert not np.allclose(mc[0], mc[1])  # dropout is on by default in fine-tuning rounds
+    preds = project.db.predictions(result["round_id"]).set_index("image_id")
+    mean = mc.mean(axis=0)
+    assert np.abs(mean - np.stack(preds.loc[pool, "probs"].to_numpy())).max() < 0.5  # samples around the model
+    labeled = np.zeros(len(pool), dtype=bool)
+    labeled[:2] = True
+    inputs = QueryInputs(labeled=labeled, probs=mean, mc_probs=mc, features=features)
+    for strategy in ("bald", "badge"):
+        ranked = select(strategy, inputs, 4)
+        assert len(ranked.indices) == 4 and not labeled[ranked.indices].any(), strategy
