@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,8 +11,12 @@ import time
 import urllib.error
 import urllib.request
 import webbrowser
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from active.engine.jobs import die_with_parent
 from store.errors import CxrAlError
 from store.project import open_project
 
@@ -59,7 +64,8 @@ def start_server(project_dir: Path | str, *, port: int = 8501, host: str = "127.
     out = open(log, "ab") if log is not None else None  # noqa: SIM115  (the child keeps it open)
     try:
         return subprocess.Popen(server_command(int(port), host), cwd=str(APP_PATH.parent), env=env,
-                                stdout=out, stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL)
+                                stdout=out, stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent)  # kill -9 of serve takes the app server with it
     finally:
         if out is not None:
             out.close()
@@ -82,9 +88,32 @@ def wait_until_ready(url: str, proc: subprocess.Popen | None = None, timeout: fl
     raise CxrAlError(f"the app server did not answer at {url} within {timeout:.0f} s")
 
 
+@contextmanager
+def forwarding_signals(proc: subprocess.Popen) -> Iterator[None]:
+    """Inside the block, SIGTERM, SIGINT and SIGHUP sent to this process are passed on to the app server, whose
+    exit then ends the wait; the previous handlers come back afterwards."""
+    def forward(signum: int, _frame: Any) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def serve(project_dir: Path | str, port: int = 8501, host: str = "127.0.0.1", open_browser: bool = False) -> int:
-    """Run the labeling app for a project at http://host:port until it stops (Ctrl-C); returns its exit code."""
+    """Run the labeling app for a project at http://host:port until it stops (Ctrl-C, SIGTERM: passed on to the
+    server, and this returns only once it has exited); returns its exit code."""
     proc = start_server(project_dir, port=port, host=host)
+    with forwarding_signals(proc):
+        return _wait_for(proc, project_dir, port, host, open_browser)
+
+
+def _wait_for(proc: subprocess.Popen, project_dir: Path | str, port: int, host: str, open_browser: bool) -> int:
+    """Wait until the server answers, say where, then until it exits; it never outlives this call."""
     url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0', '::') else host}:{port}"
     try:
         wait_until_ready(url, proc)

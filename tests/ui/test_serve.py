@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from active.delivery.serve import free_port
 from active.views.accounts import authenticate
 from store.project import open_project
@@ -64,3 +66,45 @@ def test_serve_refuses_a_bad_project_and_a_taken_port(tmp_path, ui_project):
         taken.listen()
         busy = serve(str(ui_project.root), "--port", str(taken.getsockname()[1]))
     assert busy.returncode == 2 and "already in use" in busy.stderr
+
+
+def _streamlit_processes(port: int) -> list[int]:
+    """Pids of live processes whose command line runs Streamlit on this port."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            state = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("State:"))
+        except (OSError, StopIteration):
+            continue
+        if b"streamlit" in b" ".join(cmd) and str(port).encode() in cmd and "zombie" not in state:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_serve_takes_the_app_server_down_with_it(ui_project, sig) -> None:
+    """SIGTERM to `cxr-al serve` is passed on and serve exits only after Streamlit has; after kill -9 of serve the
+    server dies too (parent-death signal). Either way no Streamlit process is left serving."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "active.delivery.cli", "serve", str(ui_project.root), "--port",
+                             str(port)], env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}", proc)
+        assert _streamlit_processes(port)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        if sig == signal.SIGTERM:
+            assert not _streamlit_processes(port)  # gone before serve itself returned
+        deadline = time.monotonic() + 20
+        while _streamlit_processes(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _streamlit_processes(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _streamlit_processes(port):
+            os.kill(pid, signal.SIGKILL)
