@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from active.engine.artifacts import embeddings_for
+from active.engine.artifacts import embeddings_for, round_samples
 from active.engine.rounds import latest_predictions, latest_round
 from store.errors import CxrAlError
 from store.project import Project
@@ -67,8 +67,9 @@ def suggest(project: Project, n: int | None = None, *, strategy: str | None = No
     if n_new > 0 and (~unavailable).any():
         if strategy == "auto" and probs is not None and embeddings is not None:
             arm_gains = strategy_evidence(project, ids, embeddings, seed=seed)
-        inputs = QueryInputs(labeled=unavailable, embeddings=embeddings, probs=probs, arm_gains=arm_gains,
-                             random_share=float(policy["random_share"]))
+        mc_probs, features = round_samples(project, round_id, ids) if probs is not None else (None, None)
+        inputs = QueryInputs(labeled=unavailable, embeddings=embeddings, probs=probs, mc_probs=mc_probs,
+                             features=features, arm_gains=arm_gains, random_share=float(policy["random_share"]))
         if strategy == "auto":
             reason = choose_arm(inputs)[1]
         ranked = select(strategy, inputs, n_new, seed=seed)

@@ -54,3 +54,15 @@ def test_auto_batches_record_their_parts_and_feed_the_evidence(embedded) -> None
     # with a model: the batch after exploring is still 20% random and names its arm
     parts = set(suggest(project, 10, strategy="auto", annotator="ann", seed=9)["strategy"])
     assert "auto:random" in parts and parts <= {"auto:random", "auto:typiclust", "auto:badge", "auto:margin"}
+
+
+def test_bald_suggests_after_a_probe_round(embedded) -> None:
+    """The round writes its probe ensemble's samples; suggest hands them to BALD (it used to always fail)."""
+    project = embedded
+    if project.db.rounds("train").empty:
+        oracle = dict(zip(project.db.oracle_labels()["image_id"], project.db.oracle_labels()["label"], strict=True))
+        for image_id in project.db.images("pool")["id"][:16]:
+            record_label(project, int(image_id), oracle[int(image_id)], "ann")
+        train(project, mode="probe", in_child=False, progress=False, n_bootstrap=10)
+    batch = suggest(project, 4, strategy="bald", annotator="bea")
+    assert len(batch) == 4 and set(batch["strategy"]) == {"bald"}
