@@ -124,6 +124,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if index:
         print(f"FAISS index: {index['type']}, {index['size']} vectors of {index['dim']} dimensions")
     print(f"round due: {'yes' if info['round_due'] else 'no'}")
+    overall = info["efficiency"]["overall"]
+    parts = [f"{name} accuracy {p['accuracy']:.3f} (n={p['n']})" for name, p in
+             (("random share", overall["random"]), ("active picks", overall["active"])) if p["accuracy"] is not None]
+    print(f"is active learning paying off: {overall['sentence']}" + (f" ({', '.join(parts)})" if parts else ""))
     return 0
 
 
@@ -227,16 +231,27 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from active.engine.simulate import DEFAULT_STRATEGIES, project_for_simulation, simulate
+    from active.engine.simulate import (
+        DEFAULT_STRATEGIES,
+        finetune_recipe,
+        project_for_simulation,
+        simulate,
+    )
 
     project = project_for_simulation(args.source, Path(args.out), checkpoint=args.checkpoint, init=args.init,
                                      pretrain_epochs=args.pretrain_epochs, test_fraction=args.test_fraction,
                                      image_size=args.image_size, seed=args.seed)
     strategies = [s.strip() for s in (args.strategies or ",".join(DEFAULT_STRATEGIES)).split(",") if s.strip()]
+    recipe = None
+    if args.mode == "finetune":  # one fine-tuning per point of every curve: say what it starts from
+        recipe = finetune_recipe(project, checkpoint=args.checkpoint, init=args.init, epochs=args.epochs,
+                                 batch_size=args.batch_size, device=args.device)
+        print(f"fine-tuning {recipe.backbone} from {recipe.checkpoint or recipe.init} at {recipe.image_size} px, "
+              f"up to {recipe.epochs} epochs per point", file=sys.stderr)
     with progress_bar("simulate", unit="fit") as (advance, _):
         result = simulate(project, args.out, strategies=strategies, seeds=args.seeds, initial=args.initial,
                           step=args.step, budget=args.budget, mode=args.mode, metric=args.metric,
-                          progress=lambda point: advance(1))
+                          progress=lambda point: advance(1), recipe=recipe)
     print(f"pool {result['pool']}, test {result['test']}; all-label {args.metric} "
           f"{result['full_label'][args.metric]:.4f}; {result['seconds']:.0f} s")
     import pandas as pd
@@ -506,11 +521,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial", type=int, default=20)
     p.add_argument("--step", type=int, default=20)
     p.add_argument("--budget", type=int, default=400)
-    _add_choice(p, "--mode", MODE_CHOICES, "MODE", default="probe", help_text="default probe")
+    _add_choice(p, "--mode", MODE_CHOICES, "MODE", default="probe",
+                help_text="probe (default: a linear probe on the embeddings per point) or finetune (backbone + "
+                          "head fine-tuned per point: slow, a GPU job beyond small pools)")
+    p.add_argument("--epochs", type=int, default=5, help="finetune mode: most epochs per point (default 5; early "
+                   "stopping on a validation part of the labels)")
+    p.add_argument("--batch-size", type=int, default=32, help="finetune mode (default 32)")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="finetune mode (default auto)")
     _add_choice(p, "--metric", METRIC_CHOICES, "METRIC", default="macro_auc", help_text="default macro_auc")
     p.add_argument("--out", required=True, type=Path, help="folder for curves.csv, curves.png, summary.csv")
-    p.add_argument("--checkpoint", default=None, help="IMAGES_DIR: backbone checkpoint for the embeddings")
-    p.add_argument("--init", default=None, help="IMAGES_DIR without pretraining: random | imagenet | PATH")
+    p.add_argument("--checkpoint", default=None, help="IMAGES_DIR: backbone checkpoint for the embeddings; "
+                   "finetune mode: the backbone each point starts from (default: the project's latest pretraining)")
+    p.add_argument("--init", default=None, help="IMAGES_DIR without pretraining: random | imagenet | PATH (also "
+                   "where fine-tuning starts without a checkpoint)")
     p.add_argument("--pretrain-epochs", type=int, default=5, help="IMAGES_DIR: SSL epochs when no checkpoint")
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--image-size", type=int, default=128, help="IMAGES_DIR: model input size")

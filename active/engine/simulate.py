@@ -4,25 +4,31 @@ The test split is fixed before any selection; SSL embeddings are computed once a
 (strategy, seed) run; each run starts from the same seeded random initial set, fits a probe on
 the labels it has, scores the test split, asks its strategy for the next `step` images and
 "labels" them from the oracle, until the budget is spent.
+
+With mode "finetune" each round instead fine-tunes backbone + head from the project's SSL checkpoint on
+the labeled images (a small-budget recipe, FinetuneRecipe) and predicts pool and test images; its MC-dropout
+samples and penultimate features feed BALD and BADGE. A fine-tuning per point: slow, a GPU job beyond toy sizes.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from active.engine.jobs import FINETUNE_DROPOUT, MC_SAMPLES, TRAIN_MODES
 from store.errors import CxrAlError
 from store.project import Project
 
 CURVE_METRICS = ("macro_auc", "accuracy", "balanced_accuracy", "macro_f1", "hm")
-DEFAULT_STRATEGIES = ("random", "entropy", "margin", "coreset", "typiclust", "probcover", "badge", "hybrid")
+DEFAULT_STRATEGIES = ("random", "auto", "entropy", "margin", "coreset", "typiclust", "probcover", "badge", "hybrid")
 THRESHOLDS = (0.90, 0.95, 0.98)
 
 
@@ -37,6 +43,41 @@ class SimulationData:
     test_x: np.ndarray
     test_y: np.ndarray
     pool_ids: np.ndarray
+    pool_paths: tuple[str, ...] = ()  # image files, for fine-tuning (mode finetune)
+    test_paths: tuple[str, ...] = ()
+
+
+@dataclass
+class ModelOutputs:
+    """What one simulated round's model says: pool and test class probabilities and, for BALD and BADGE, the
+    pool's (T, N, C) probability samples and penultimate features when the model gives them."""
+
+    pool_probs: np.ndarray
+    test_probs: np.ndarray
+    pool_mc: np.ndarray | None = None
+    pool_features: np.ndarray | None = None
+
+
+FitPredict = Callable[[SimulationData, np.ndarray, int], ModelOutputs]  # (data, labeled mask, seed)
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """How a simulated round fine-tunes: a small budget for the few labels of early rounds. Class-weighted loss,
+    a stratified validation part of the labels with early stopping (none while a class has a single label),
+    dropout before the head for MC-dropout samples."""
+
+    checkpoint: str | None  # SSL backbone to start from; None: `backbone` from `init`
+    backbone: str = "resnet18"
+    init: str = "random"
+    image_size: int = 224
+    epochs: int = 5
+    batch_size: int = 32
+    val_fraction: float = 0.2
+    patience: int = 2
+    dropout: float = FINETUNE_DROPOUT
+    mc_samples: int = MC_SAMPLES
+    device: str = "auto"
 
 
 def load_simulation_data(project: Project) -> SimulationData:
@@ -53,26 +94,89 @@ def load_simulation_data(project: Project) -> SimulationData:
     if test.empty:
         raise CxrAlError("simulation needs a test split: ingest with --test-fraction > 0")
     index = {c: i for i, c in enumerate(project.classes)}
+    path_of = images.set_index("id")["path"]
     return SimulationData(
         classes=project.classes, positive_class=project.config["positive_class"],
         pool_x=embeddings_for(project, pool["image_id"].to_numpy(np.int64)),
         pool_y=pool["label"].map(index).to_numpy(np.int64),
         test_x=embeddings_for(project, test["image_id"].to_numpy(np.int64)),
-        test_y=test["label"].map(index).to_numpy(np.int64), pool_ids=pool["image_id"].to_numpy(np.int64))
+        test_y=test["label"].map(index).to_numpy(np.int64), pool_ids=pool["image_id"].to_numpy(np.int64),
+        pool_paths=tuple(path_of.loc[pool["image_id"]]), test_paths=tuple(path_of.loc[test["image_id"]]))
+
+
+def _prior(data: SimulationData, labeled: np.ndarray) -> np.ndarray | None:
+    """The smoothed label frequencies when the labeled rows show a single class (all a model can say then), else
+    None."""
+    y = data.pool_y[labeled]
+    if len(np.unique(y)) >= 2:
+        return None
+    prior = np.bincount(y, minlength=len(data.classes)) + 1.0
+    return prior / prior.sum()
 
 
 def _fit_predict(data: SimulationData, labeled: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Probe on the labeled rows; returns (pool probs, test probs)."""
     from models.probe import fit_probe
 
-    y = data.pool_y[labeled]
-    if len(np.unique(y)) < 2:  # one class seen so far: the model can only say the prior
-        n = len(data.classes)
-        prior = np.bincount(y, minlength=n) + 1.0
-        prior = prior / prior.sum()
+    prior = _prior(data, labeled)
+    if prior is not None:
         return np.tile(prior, (len(data.pool_x), 1)), np.tile(prior, (len(data.test_x), 1))
-    probe = fit_probe(data.pool_x[labeled], y, n_classes=len(data.classes), seed=seed)
+    probe = fit_probe(data.pool_x[labeled], data.pool_y[labeled], n_classes=len(data.classes), seed=seed)
     return probe.predict_proba(data.pool_x), probe.predict_proba(data.test_x)
+
+
+def probe_outputs(data: SimulationData, labeled: np.ndarray, seed: int) -> ModelOutputs:
+    """A round of mode probe: a linear probe on the labeled rows' embeddings."""
+    return ModelOutputs(*_fit_predict(data, labeled, seed))
+
+
+def finetune_outputs(recipe: FinetuneRecipe, work_dir: Path) -> FitPredict:
+    """A round of mode finetune: backbone + head fine-tuned on the labeled images (its checkpoint in a temporary
+    folder in work_dir, removed after), then pool and test images predicted with MC-dropout samples."""
+    if not 0.0 < recipe.dropout < 1.0 or recipe.mc_samples < 1:
+        raise CxrAlError("simulation fine-tuning needs 0 < dropout < 1 and mc_samples >= 1 (BALD's samples)")
+
+    def fit(data: SimulationData, labeled: np.ndarray, seed: int) -> ModelOutputs:
+        from models.finetune import finetune, predict_outputs
+
+        n_pool = len(data.pool_y)
+        if len(data.pool_paths) != n_pool or len(data.test_paths) != len(data.test_y):
+            raise CxrAlError("fine-tuning simulation needs the image paths of pool and test (load_simulation_data)")
+        prior = _prior(data, labeled)
+        if prior is not None:  # nothing to learn from one class: the prior, with samples that agree
+            tiled = np.tile(prior, (n_pool, 1))
+            return ModelOutputs(tiled, np.tile(prior, (len(data.test_y), 1)),
+                                np.broadcast_to(tiled, (recipe.mc_samples, *tiled.shape)))
+        rows = np.flatnonzero(labeled)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="finetune-", dir=work_dir) as tmp:
+            result = finetune([data.pool_paths[i] for i in rows], data.pool_y[rows], data.classes, tmp,
+                              checkpoint=recipe.checkpoint, backbone=recipe.backbone, init=recipe.init,
+                              image_size=recipe.image_size, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                              val_fraction=recipe.val_fraction, balance="weights", patience=recipe.patience,
+                              mc_dropout=recipe.dropout, device=recipe.device, seed=seed, progress=False)
+        out = predict_outputs(result.classifier, list(data.pool_paths) + list(data.test_paths), recipe.image_size,
+                              batch_size=recipe.batch_size, device=recipe.device, mc_samples=recipe.mc_samples,
+                              seed=seed)
+        return ModelOutputs(out.probs[:n_pool], out.probs[n_pool:], out.mc_probs[:, :n_pool], out.features[:n_pool])
+
+    return fit
+
+
+def finetune_recipe(project: Project, *, checkpoint: str | None = None, init: str | None = None, epochs: int = 5,
+                    batch_size: int = 32, device: str = "auto") -> FinetuneRecipe:
+    """The fine-tuning recipe of a simulation on this project: from `checkpoint`, else the project's latest SSL
+    backbone, else an un-pretrained backbone from `init` (random); at the project's image size."""
+    from active.engine.rounds import latest_round
+
+    if checkpoint is None and init is None:
+        run = latest_round(project, "pretrain")
+        checkpoint = run["checkpoint"] if run else None
+    if epochs < 1 or batch_size < 1:
+        raise CxrAlError("need --epochs >= 1 and a batch size >= 1 for fine-tuning")
+    return FinetuneRecipe(checkpoint=checkpoint, backbone=project.config.get("backbone", "resnet18"),
+                          init=str(init or "random"), image_size=int(project.config["image_size"]), epochs=epochs,
+                          batch_size=batch_size, device=device)
 
 
 def _score(data: SimulationData, test_probs: np.ndarray) -> dict[str, float]:
@@ -84,8 +188,11 @@ def _score(data: SimulationData, test_probs: np.ndarray) -> dict[str, float]:
 
 
 def run_strategy(data: SimulationData, strategy: str, seed: int, initial: int, step: int, budget: int,
-                 on_point: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """One learning curve: points (labels used, metrics) from `initial` to `budget` labels."""
+                 on_point: Callable[[dict[str, Any]], None] | None = None,
+                 fit: FitPredict = probe_outputs, random_share: float | None = None) -> list[dict[str, Any]]:
+    """One learning curve: points (labels used, metrics) from `initial` to `budget` labels; `fit` is the round's
+    model (a probe, or finetune_outputs)."""
+    from active.engine.evidence import label_gains
     from active.strategies import QueryInputs, select
 
     n_pool = len(data.pool_x)
@@ -93,11 +200,13 @@ def run_strategy(data: SimulationData, strategy: str, seed: int, initial: int, s
     rng = np.random.default_rng(seed)
     labeled = np.zeros(n_pool, dtype=bool)
     labeled[rng.choice(n_pool, size=min(initial, n_pool), replace=False)] = True
+    sources = np.full(n_pool, "", dtype=object)  # which strategy (or auto part) picked each labeled row
+    sources[labeled] = "random"  # the initial set is drawn at random: auto's evidence may use it
     points = []
     while True:
         t0 = time.perf_counter()
-        pool_probs, test_probs = _fit_predict(data, labeled, seed)
-        point = {"strategy": strategy, "seed": seed, "labels": int(labeled.sum()), **_score(data, test_probs)}
+        outputs = fit(data, labeled, seed)
+        point = {"strategy": strategy, "seed": seed, "labels": int(labeled.sum()), **_score(data, outputs.test_probs)}
         # how many images of each class the strategy has had labeled: rare findings found per label
         found = np.bincount(data.pool_y[labeled], minlength=len(data.classes))
         point.update({f"labeled_{name}": int(count) for name, count in zip(data.classes, found, strict=True)})
@@ -109,12 +218,20 @@ def run_strategy(data: SimulationData, strategy: str, seed: int, initial: int, s
             break
         n_next = int(min(step, budget - labeled.sum()))
         t0 = time.perf_counter()
-        ranked = select(strategy, QueryInputs(labeled=labeled, embeddings=data.pool_x, probs=pool_probs),
-                        n_next, seed=seed * 1000 + int(labeled.sum()))
+        gains = None
+        if strategy == "auto" and outputs.pool_probs is not None:
+            gains = label_gains(data.pool_x[labeled], data.pool_y[labeled], sources[labeled], len(data.classes),
+                                seed=seed)
+        inputs = QueryInputs(labeled=labeled, embeddings=data.pool_x, probs=outputs.pool_probs,
+                             mc_probs=outputs.pool_mc, features=outputs.pool_features, arm_gains=gains,
+                             random_share=random_share)
+        ranked = select(strategy, inputs, n_next, seed=seed * 1000 + int(labeled.sum()))
         point["select_seconds"] = time.perf_counter() - t0
         if len(ranked.indices) == 0:
             break
         labeled[ranked.indices] = True
+        sources[ranked.indices] = ranked.sources if ranked.sources is not None else strategy
+        point["next_batch"] = ",".join(sorted(set(sources[ranked.indices])))
     return points
 
 
@@ -175,13 +292,15 @@ def plot_curves(curves: pd.DataFrame, full: dict[str, float], path: Path, metric
 def simulate(project: Project, out_dir: Path | str, *, strategies: Sequence[str] = DEFAULT_STRATEGIES,
              seeds: int = 3, initial: int = 20, step: int = 20, budget: int = 400, mode: str = "probe",
              metric: str = "macro_auc", progress: Callable[[dict[str, Any]], None] | None = None,
-             record: bool = True) -> dict[str, Any]:
-    """Run every (strategy, seed) learning curve; write curves.csv, curves.png and summary.csv to out_dir."""
+             record: bool = True, recipe: FinetuneRecipe | None = None) -> dict[str, Any]:
+    """Run every (strategy, seed) learning curve; write curves.csv, curves.png and summary.csv to out_dir.
+
+    mode "finetune" fine-tunes per point with `recipe` (default: finetune_recipe(project)), so one curve costs
+    (budget - initial) / step + 1 fine-tunings, plus one on all pool labels for the reference."""
     from active.strategies import STRATEGIES
 
-    if mode != "probe":
-        raise CxrAlError("simulation supports --mode probe (fine-tuning hundreds of models per curve is a GPU job "
-                         "for a later release)")
+    if mode not in TRAIN_MODES:
+        raise CxrAlError(f"unknown simulation mode {mode!r}; use {' or '.join(TRAIN_MODES)}")
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise CxrAlError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
@@ -191,12 +310,15 @@ def simulate(project: Project, out_dir: Path | str, *, strategies: Sequence[str]
     out.mkdir(parents=True, exist_ok=True)
     data = load_simulation_data(project)
     started = time.perf_counter()
-    _, full_probs = _fit_predict(data, np.ones(len(data.pool_x), dtype=bool), seed=0)
-    full = _score(data, full_probs)
+    fit = probe_outputs
+    if mode == "finetune":
+        recipe = recipe or finetune_recipe(project)
+        fit = finetune_outputs(recipe, out)
+    full = _score(data, fit(data, np.ones(len(data.pool_x), dtype=bool), 0).test_probs)
     points = []
     for seed in range(seeds):
         for strategy in strategies:
-            points += run_strategy(data, strategy, seed, initial, step, budget, on_point=progress)
+            points += run_strategy(data, strategy, seed, initial, step, budget, on_point=progress, fit=fit)
     curves = pd.DataFrame(points)
     curves.to_csv(out / "curves.csv", index=False)
     summary = summarise(curves, full, metric)
@@ -209,6 +331,8 @@ def simulate(project: Project, out_dir: Path | str, *, strategies: Sequence[str]
     if record:
         params = {"strategies": list(strategies), "seeds": seeds, "initial": initial, "step": step,
                   "budget": budget, "mode": mode, "metric": metric}
+        if mode == "finetune":
+            params["recipe"] = asdict(recipe)
         round_id = project.db.start_round("simulate", params)
         project.db.finish_round(round_id, checkpoint=None, metrics={
             "curves": str((out / "curves.csv").resolve()), "summary": result["summary"], "full_label": full})

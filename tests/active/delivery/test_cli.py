@@ -140,6 +140,9 @@ def test_parser_choices_are_the_registries() -> None:
     for (command, dest), registry in expected.items():
         assert _choices(parser, command, dest) == list(registry), (command, dest)
     assert parser.parse_args(["init", "p", "--classes", "a,b", "--backbone", "resnet50"]).backbone == "resnet50"
+    args = parser.parse_args(["simulate", "src", "--out", "o", "--mode", "finetune", "--epochs", "2", "--device",
+                              "cpu", "--batch-size", "8"])
+    assert (args.mode, args.epochs, args.device, args.batch_size) == ("finetune", 2, "cpu", 8)
     help_text = parser._subparsers._group_actions[0].choices["pretrain"].format_help()
     assert all(name in help_text for name in MODULES)
 

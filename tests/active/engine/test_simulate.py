@@ -121,3 +121,27 @@ def test_phantom_simulation_finds_a_rare_finding_and_hybrid_saves_labels(tmp_pat
     summary = pd.DataFrame(result["summary"]).set_index("strategy")
     need = summary["labels_to_90pct"].fillna(10_000)
     assert need["entropy"] < need["random"] and need["hybrid"] < need["random"], summary
+
+
+def test_finetune_mode_fine_tunes_per_point_and_feeds_bald_and_badge(tmp_path) -> None:
+    """Two rounds of fine-tuning simulation on tiny phantoms (32 px, 1 epoch): curves for a probability-sample
+    strategy (BALD), a feature one (BADGE) and random, the recipe recorded, no checkpoints left behind."""
+    from active.engine.simulate import FinetuneRecipe, finetune_recipe
+    from store.phantoms import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", n=20, seed=4, size=32)
+    project = project_for_simulation(data / "images", tmp_path / "out", init="random", image_size=32,
+                                     in_child=False)
+    recipe = finetune_recipe(project, epochs=1, batch_size=8, device="cpu")
+    assert recipe == FinetuneRecipe(checkpoint=None, image_size=32, epochs=1, batch_size=8, device="cpu")
+    points = []
+    result = simulate(project, tmp_path / "sim", strategies=["random", "bald", "badge"], seeds=1, initial=6, step=4,
+                      budget=10, mode="finetune", recipe=recipe, progress=points.append)
+    curves = pd.read_csv(tmp_path / "sim" / "curves.csv")
+    assert sorted(curves["labels"].unique()) == [6, 10] and len(curves) == 3 * 2 == len(points)
+    assert curves["macro_auc"].between(0, 1).all() and np.isfinite(result["full_label"]["accuracy"])
+    assert not list((tmp_path / "sim").glob("finetune-*"))  # the per-point checkpoints are gone
+    recorded = project.db.rounds("simulate").iloc[-1]
+    assert recorded["params"]["mode"] == "finetune" and recorded["params"]["recipe"]["epochs"] == 1
+    with pytest.raises(CxrAlError, match="unknown simulation mode"):
+        simulate(project, tmp_path / "x", strategies=["random"], mode="distil")
