@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from models.backbones import GreyBackbone, build_backbone, load_checkpoint, save_checkpoint
 from models.data import GreyImageDataset
 from models.runtime import (
+    check_world_size,
     inference_autocast,
     loader_workers,
     quiet_lightning,
@@ -269,6 +270,7 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
                              precision=precision, max_epochs=epochs, callbacks=callbacks, logger=False,
                              default_root_dir=work, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
                              log_every_n_steps=min(50, n_batches))
+        check_world_size(trainer.world_size)
         trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl)
 
     best = torch.load(ckpt_cb.best_model_path, map_location="cpu", weights_only=False)

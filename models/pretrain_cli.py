@@ -1,10 +1,9 @@
-"""`python -m models.pretrain_cli IMAGES --out DIR`: SSL pretraining of image files outside a project, on one
-device or on several GPUs and nodes.
+"""SSL pretraining of image files outside a project, on one device or on several GPUs and nodes.
 
-Every process a launcher starts (torchrun, SLURM's srun, or Lightning itself for `--devices N --strategy ddp`)
-runs this same command; global rank 0 writes DIR/backbone.pt, which `cxr-al embed PROJECT --checkpoint
-DIR/backbone.pt` then uses. It never touches a project database, so no two ranks record anything twice.
-docs/multi_gpu.md has the commands.
+`python -m models.pretrain_cli IMAGES --out DIR`. Every process a launcher starts (torchrun, SLURM's srun, or
+Lightning itself for `--devices N`) runs this same command; global rank 0 writes DIR/backbone.pt, which
+`cxr-al embed PROJECT --checkpoint DIR/backbone.pt` then uses. It never touches a project database, so no two
+ranks record anything twice. docs/multi_gpu.md has the commands.
 """
 
 from __future__ import annotations
@@ -43,13 +42,14 @@ def _devices(text: str) -> int | str | list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     from models.augment import AUGMENT_PRESETS, DEFAULT_PRESET, SSL_METHODS
+    from models.backbones import BACKBONES
     from models.runtime import PRECISIONS
 
     p = argparse.ArgumentParser(prog="python -m models.pretrain_cli", description=__doc__.splitlines()[0])
     p.add_argument("images", type=Path, metavar="IMAGES_DIR|LIST.txt")
     p.add_argument("--out", type=Path, required=True, help="folder for backbone.pt, loss.csv and lightning/")
     p.add_argument("--method", default="simclr", choices=list(SSL_METHODS))
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet50", "densenet121"])
+    p.add_argument("--backbone", default="resnet18", choices=list(BACKBONES))
     p.add_argument("--init", default="random", help="random | imagenet (cached weights) | PATH to weights")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64, help="per process; the global batch is this x processes")

@@ -87,6 +87,26 @@ def trainer_devices(device: torch.device, devices: int | str | list[int] | None 
     return devices
 
 
+def launched_world_size() -> int | None:
+    """How many processes a launcher started for this job: torchrun's (and Lightning's own) WORLD_SIZE, else
+    SLURM's task count outside interactive allocations (Lightning's rule); None when none did."""
+    if os.environ.get("WORLD_SIZE"):
+        return int(os.environ["WORLD_SIZE"])
+    if os.environ.get("SLURM_NTASKS") and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        return int(os.environ["SLURM_NTASKS"])
+    return None
+
+
+def check_world_size(world_size: int) -> None:
+    """CxrAlError when a launcher started another number of processes than a Trainer's devices x num_nodes:
+    each would train alone (Lightning checks this only for DDP) and all would write the same files."""
+    launched = launched_world_size()
+    if launched is not None and launched != world_size:
+        raise CxrAlError(f"the launcher started {launched} processes but devices x num_nodes is {world_size}: make "
+                         "--devices the processes per node (torchrun --nproc_per_node, SLURM --ntasks-per-node) "
+                         "and --num-nodes the number of nodes")
+
+
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
     """Lightning without its banners ('GPU available', 'Tip' adverts) and expected warnings; progress bars stay."""

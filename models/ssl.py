@@ -38,6 +38,7 @@ from models.augment import SSL_METHODS, XrayAugmentConfig, ssl_transform
 from models.backbones import GreyBackbone, build_backbone, save_checkpoint
 from models.embed import ReadErrorsAsValues, raise_read_errors
 from models.runtime import (
+    check_world_size,
     loader_workers,
     quiet_lightning,
     resolve_device,
@@ -419,6 +420,7 @@ def pretrain(paths: list[str], out_dir: Path, *, method: str = "simclr", backbon
                              enable_progress_bar=progress, enable_model_summary=False,
                              sync_batchnorm=accelerator == "cuda",  # no-op on one GPU; SyncBN has no CPU kernel
                              log_every_n_steps=10)
+        check_world_size(trainer.world_size)
         trainer.fit(module, train_dataloaders=loader, ckpt_path=last_ckpt if resume else None)
 
     losses = list(module.epoch_losses)

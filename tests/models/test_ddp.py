@@ -15,7 +15,7 @@ import torch
 
 from models.backbones import load_checkpoint
 from models.finetune import load_classifier
-from models.runtime import trainer_devices, trainer_precision
+from models.runtime import check_world_size, trainer_devices, trainer_precision
 from store.errors import CxrAlError
 from store.phantoms import PHANTOM_CLASSES, write_phantom_dataset
 
@@ -109,3 +109,21 @@ def test_defaults_stay_on_one_device_and_precision_is_checked() -> None:
         trainer_precision(cpu, "16-mixed")
     with pytest.raises(CxrAlError, match="unknown precision"):
         trainer_precision(cpu, "fp8")
+
+
+def test_a_launcher_with_another_process_count_is_refused(monkeypatch) -> None:
+    """torchrun --nproc_per_node=2 with --devices 1 would give two lone trainers writing the same files."""
+    for var in ("WORLD_SIZE", "SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    check_world_size(1)  # no launcher
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_world_size(2)
+    with pytest.raises(CxrAlError, match="started 2 processes but devices x num_nodes is 1"):
+        check_world_size(1)
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_JOB_NAME", "bash")  # an interactive allocation: not a launcher (Lightning's rule)
+    check_world_size(1)
+    monkeypatch.setenv("SLURM_JOB_NAME", "cxr-ssl")
+    with pytest.raises(CxrAlError, match="started 4 processes"):
+        check_world_size(1)
