@@ -114,20 +114,19 @@ def _prior(data: SimulationData, labeled: np.ndarray) -> np.ndarray | None:
     return prior / prior.sum()
 
 
-def _fit_predict(data: SimulationData, labeled: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Probe on the labeled rows; returns (pool probs, test probs)."""
-    from models.probe import fit_probe
+def probe_outputs(data: SimulationData, labeled: np.ndarray, seed: int) -> ModelOutputs:
+    """A round of mode probe, as the loop runs it: a linear probe on the labeled rows' embeddings and its seeded
+    bootstrap ensemble, whose samples BALD scores."""
+    from models.probe import fit_probe, fit_probe_ensemble
 
     prior = _prior(data, labeled)
     if prior is not None:
-        return np.tile(prior, (len(data.pool_x), 1)), np.tile(prior, (len(data.test_x), 1))
-    probe = fit_probe(data.pool_x[labeled], data.pool_y[labeled], n_classes=len(data.classes), seed=seed)
-    return probe.predict_proba(data.pool_x), probe.predict_proba(data.test_x)
-
-
-def probe_outputs(data: SimulationData, labeled: np.ndarray, seed: int) -> ModelOutputs:
-    """A round of mode probe: a linear probe on the labeled rows' embeddings."""
-    return ModelOutputs(*_fit_predict(data, labeled, seed))
+        return ModelOutputs(np.tile(prior, (len(data.pool_x), 1)), np.tile(prior, (len(data.test_x), 1)))
+    x, y = data.pool_x[labeled], data.pool_y[labeled]
+    probe = fit_probe(x, y, n_classes=len(data.classes), seed=seed)
+    ensemble = fit_probe_ensemble(x, y, len(data.classes), base=probe, seed=seed)
+    return ModelOutputs(probe.predict_proba(data.pool_x), probe.predict_proba(data.test_x),
+                        pool_mc=ensemble.predict_samples(data.pool_x))
 
 
 def finetune_outputs(recipe: FinetuneRecipe, work_dir: Path) -> FitPredict:

@@ -81,9 +81,9 @@ def test_uncertainty_and_hybrid_save_labels_over_random() -> None:
     pool_x, pool_y = sample(n_pool)
     test_x, test_y = sample(n_test)
     data = SimulationData(["A", "B", "C", "D"], "B", pool_x, pool_y, test_x, test_y, np.arange(n_pool))
-    from active.engine.simulate import _fit_predict, _score
+    from active.engine.simulate import _score, probe_outputs
 
-    full = _score(data, _fit_predict(data, np.ones(n_pool, dtype=bool), 0)[1])
+    full = _score(data, probe_outputs(data, np.ones(n_pool, dtype=bool), 0).test_probs)
     points = [p for seed in range(3) for s in ("random", "entropy", "hybrid")
               for p in run_strategy(data, s, seed, initial=10, step=10, budget=120)]
     summary = summarise(pd.DataFrame(points), full).set_index("strategy")
@@ -145,3 +145,20 @@ def test_finetune_mode_fine_tunes_per_point_and_feeds_bald_and_badge(tmp_path) -
     assert recorded["params"]["mode"] == "finetune" and recorded["params"]["recipe"]["epochs"] == 1
     with pytest.raises(CxrAlError, match="unknown simulation mode"):
         simulate(project, tmp_path / "x", strategies=["random"], mode="distil")
+
+
+def test_probe_mode_simulates_bald_and_auto(tmp_path) -> None:
+    """Probe points carry their bootstrap ensemble's samples, so BALD runs in probe simulations too; auto's
+    batches name their parts."""
+    from active.engine.simulate import SimulationData, run_strategy
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(3, size=300)
+    x = rng.standard_normal((300, 16)) + 2.0 * np.eye(3, 16)[y]
+    data = SimulationData(classes=["a", "b", "c"], positive_class="a", pool_x=x[:240], pool_y=y[:240],
+                          test_x=x[240:], test_y=y[240:], pool_ids=np.arange(240))
+    bald = run_strategy(data, "bald", seed=0, initial=12, step=12, budget=48)
+    assert [p["labels"] for p in bald] == [12, 24, 36, 48]
+    auto = run_strategy(data, "auto", seed=0, initial=12, step=10, budget=42)
+    assert all("random" in p["next_batch"] for p in auto[:-1])
+    assert "typiclust" in auto[0]["next_batch"]  # exploration starts with the cold-start strategy
