@@ -9,30 +9,26 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler, normalize
-from torch import nn
-from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from models.probe_head import ProbeHead
 
 # logit margin below every reachable seen-class logit given to classes without labels
 UNSEEN_LOGIT_MARGIN = 30.0
 
 
-class ProbeHead(nn.Module):
-    """Backbone features -> logits: L2-normalise, then a Linear layer holding the probe's coefficients."""
+def __getattr__(name: str) -> Any:
+    """`from models.probe import ProbeHead` keeps working; torch is imported only when the head is asked for."""
+    if name == "ProbeHead":
+        from models.probe_head import ProbeHead
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray):
-        super().__init__()
-        self.linear = nn.Linear(weight.shape[1], weight.shape[0])
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
-            self.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(F.normalize(features, dim=1))
+        return ProbeHead
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -84,8 +80,11 @@ class ProbeModel:
         bias[self.seen] = b_seen
         return weight, bias
 
-    def to_torch_head(self) -> nn.Module:
-        """An nn.Module mapping backbone features (B, D) to logits (B, n_classes), e.g. for Grad-CAM++."""
+    def to_torch_head(self) -> ProbeHead:
+        """An nn.Module mapping backbone features (B, D) to logits (B, n_classes), e.g. for Grad-CAM++ (imports
+        torch, which fitting and predicting never need)."""
+        from models.probe_head import ProbeHead
+
         return ProbeHead(*self.logit_parameters())
 
 
