@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 from dataclasses import dataclass, field
@@ -147,12 +148,23 @@ def start_training_now(project: Project, actor: str) -> int:
 POLICY_LIMITS = {"train_every": (0, 100_000), "batch_size": (1, 1_000), "epochs": (1, 1_000)}
 
 
+def _fraction(key: str, value: Any) -> float:
+    """A share from 0 to 1 (a number, not a flag), or a CxrAlError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise CxrAlError(f"{key} must be a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
 def update_round_policy(project: Project, actor: str, *, train_every: int | None = None, mode: str | None = None,
                         strategy: str | None = None, batch_size: int | None = None, epochs: int | None = None,
-                        double_read_fraction: float | None = None) -> dict[str, Any]:
+                        random_share: float | None = None, double_read_fraction: float | None = None) -> dict[str, Any]:
     """Change the round policy (and the double-read fraction) in project.yaml, written atomically; every
     value is checked before anything is written, and the change is logged with who made it. Returns the
-    new policy (with double_read_fraction)."""
+    new policy (with double_read_fraction).
+
+    `random_share` is the part of every `auto` batch picked at random (the evidence auto chooses by, and the
+    'is it paying off' estimate)."""
+    from active.engine.jobs import TRAIN_MODES
     from active.strategies import STRATEGIES
 
     actor = validate_annotator(actor)
@@ -166,18 +178,18 @@ def update_round_policy(project: Project, actor: str, *, train_every: int | None
             raise CxrAlError(f"{key} must be a whole number from {low} to {high}, got {value!r}")
         changes[key] = int(value)
     if mode is not None:
-        if mode not in ("probe", "finetune"):
-            raise CxrAlError(f"mode must be probe or finetune, got {mode!r}")
+        if mode not in TRAIN_MODES:
+            raise CxrAlError(f"mode must be {' or '.join(TRAIN_MODES)}, got {mode!r}")
         changes["mode"] = mode
     if strategy is not None:
         if strategy not in STRATEGIES:
             raise CxrAlError(f"unknown query strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
         changes["strategy"] = strategy
+    if random_share is not None:
+        changes["random_share"] = _fraction("random_share", random_share)
     fraction = project.config.get("double_read_fraction", 0.0)
     if double_read_fraction is not None:
-        if not 0.0 <= float(double_read_fraction) <= 1.0:
-            raise CxrAlError(f"double_read_fraction must be between 0 and 1, got {double_read_fraction!r}")
-        fraction = float(double_read_fraction)
+        fraction = _fraction("double_read_fraction", double_read_fraction)
     before = {**policy, "double_read_fraction": project.config.get("double_read_fraction", 0.0)}
     policy.update(changes)
     before_config = dict(project.config)

@@ -229,3 +229,31 @@ def test_train_now_needs_two_classes(tmp_path) -> None:
         start_training_now(project, "lena")
     assert project.db.events("train_requested").empty
 
+
+
+def test_update_round_policy_sets_the_random_share_and_reads_the_training_modes(tmp_path) -> None:
+    """random_share (0..1) is saved to project.yaml and logged; a bad share or mode changes nothing; the modes
+    offered are active.engine.jobs.TRAIN_MODES."""
+    import yaml
+
+    from active.engine.jobs import TRAIN_MODES
+    from active.engine.policy import update_round_policy
+    from store.project import init_project
+
+    project = init_project(tmp_path / "p", ["Normal", "Consolidation"], image_size=32)
+    assert project.round_policy["random_share"] == 0.2
+    before = (project.root / "project.yaml").read_text()
+    for bad in ({"random_share": 1.5}, {"random_share": -0.1}, {"random_share": "half"}, {"random_share": True},
+                {"mode": "magic"}, {"double_read_fraction": 2}):
+        with pytest.raises(CxrAlError, match=next(iter(bad))):
+            update_round_policy(project, "lena", **bad)
+    assert (project.root / "project.yaml").read_text() == before
+
+    policy = update_round_policy(project, "lena", random_share=0.35, mode=TRAIN_MODES[-1])
+    assert policy["random_share"] == 0.35 and policy["mode"] == TRAIN_MODES[-1]
+    saved = yaml.safe_load((project.root / "project.yaml").read_text())["round_policy"]
+    assert saved["random_share"] == 0.35 and open_project(project.root).round_policy["random_share"] == 0.35
+    change = project.db.events("round_policy_changed")
+    assert change["actor"].tolist() == ["lena"]
+    assert json.loads(change["payload"].iloc[-1])["changes"]["random_share"] == [0.2, 0.35]
+    assert update_round_policy(project, "lena", random_share=0)["random_share"] == 0.0
