@@ -52,7 +52,8 @@ def run_demo(root: Path | str = "demo", *, n: int = 240, seed: int = 0, image_si
     embed(project)
     if project.db.open_queue().empty:
         queued = suggest(project, 16, strategy="auto", seed=seed)
-        log(f"[5/5] queued {len(queued)} cold-start suggestions (TypiClust on the SSL embeddings)")
+        log(f"[5/5] queued {len(queued)} cold-start suggestions (auto: TypiClust on the SSL embeddings plus a "
+            f"{project.round_policy['random_share']:.0%} random share)")
     from active.views.accounts import add_user
     from active.views.status import status
 
