@@ -95,3 +95,86 @@ def test_truncated_png_is_rejected(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CxrAlError, match="no such file"):
         read_grey(tmp_path / "nope.png")
+
+
+# ----------------------------------------------------------------- hostile and compressed files
+def test_oversized_png_is_refused_from_its_header_before_decoding(tmp_path: Path, monkeypatch) -> None:
+    from PIL import ImageFile
+
+    from tests.store.hostile_files import write_blank_png
+
+    path = write_blank_png(tmp_path / "big16.png", 13000, 13000, 16)  # ~330 KB on disk, 338 MB of pixels
+
+    def no_decoding(self):
+        raise AssertionError("pixels decoded although the header says the image is over the cap")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(CxrAlError, match="too large: 13000 x 13000 = 169 megapixels"):
+        read_image(path, max_pixels=100_000_000)
+
+
+def test_oversized_dicom_is_refused_before_its_pixels_are_read(tmp_path: Path, monkeypatch) -> None:
+    import pydicom.pixels.decoders.base as decoders
+
+    path = write_dicom(tmp_path / "wide.dcm", np.zeros((40, 50), np.uint16))
+    monkeypatch.setattr(decoders.Decoder, "as_array", lambda *a, **k: pytest.fail("decoded"))
+    with pytest.raises(CxrAlError, match="too large: 50 x 40"):
+        read_image(path, max_pixels=1999)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    from PIL import ImageOps
+
+    img = Image.fromarray(GRADIENT, "L")
+    exif = img.getexif()
+    exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to view
+    img.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    grey, info = read_image(tmp_path / "phone.jpg")
+    assert (info.width, info.height) == (32, 64) and grey.shape == (64, 32)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "phone.jpg")).convert("L"))
+    assert np.array_equal(grey, expected)
+
+
+def test_fully_transparent_png_is_refused_not_black(tmp_path: Path) -> None:
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., :3] = 180
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    with pytest.raises(CxrAlError, match="fully transparent"):
+        read_image(tmp_path / "clear.png")
+
+
+def test_non_finite_pixels_do_not_blacken_the_image(tmp_path: Path) -> None:
+    values = np.tile(np.linspace(0, 10, 64, dtype=np.float32), (32, 1))
+    values[0, 0], values[0, 1], values[0, 2] = np.inf, -np.inf, np.nan
+    Image.fromarray(values, "F").save(tmp_path / "float.tiff")
+    grey, info = read_image(tmp_path / "float.tiff")
+    assert grey[5].min() == 0 and grey[5].max() == 255 and np.all(np.diff(grey[5].astype(int)) >= 0)
+    assert tuple(grey[0, :3]) == (255, 0, 0)
+    assert info.notes and "3 of 2048 pixels are not finite" in info.notes[0]
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm"])
+def test_lossless_compressed_dicom_decodes_like_the_uncompressed_file(name: str) -> None:
+    """RLE, JPEG-LS and JPEG 2000 lossless through pydicom's decoder plugins give the same pixels."""
+    from pydicom.data import get_testdata_file
+
+    reference = read_grey(get_testdata_file("MR_small.dcm"))
+    assert np.array_equal(read_grey(get_testdata_file(name)), reference)
+
+
+def test_jpeg_lossless_and_jpeg2000_colour_dicom_decode(tmp_path: Path) -> None:
+    """JPEG lossless (process 14) and JPEG 2000 YBR_RCT decode; YCbCr JPEG is converted to RGB once, not twice."""
+    from pydicom.data import get_testdata_file
+
+    rgb = read_grey(get_testdata_file("SC_rgb_dcmtk_+eb+cr.dcm"))  # JPEG baseline stored as RGB
+    for name in ("SC_rgb_jpeg_gdcm.dcm", "SC_rgb_dcmtk_+eb+cy+n1.dcm"):  # JPEG lossless RGB, JPEG YBR_FULL
+        assert np.abs(read_grey(get_testdata_file(name)).astype(int) - rgb.astype(int)).mean() < 3, name
+    grey, info = read_image(get_testdata_file("examples_jpeg2k.dcm"))  # JPEG 2000, YBR_RCT
+    assert (info.width, info.height) == (640, 480) and grey.std() > 10
+
+
+def test_multiframe_dicom_is_refused_with_a_reason(tmp_path: Path) -> None:
+    from tests.store.hostile_files import write_multiframe_dicom
+
+    with pytest.raises(CxrAlError, match="multi-frame DICOM: 4 frames"):
+        read_image(write_multiframe_dicom(tmp_path / "cine.dcm", frames=4))
