@@ -282,26 +282,62 @@ class ProjectDB:
         plus ground truth or imported labels keyed by path, in one transaction; returns path -> id."""
         now = utcnow()
         with self.write() as con:
-            ids: dict[str, int] = {}
-            for r in rows:
-                (image_id,) = con.execute(
-                    """INSERT INTO images (path, sha256, size_bytes, width, height, format, modality, split, added_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-                    [r["path"], r["sha256"], r["size_bytes"], r["width"], r["height"], r["format"],
-                     r["modality"], r["split"], now]).fetchone()
-                ids[r["path"]] = int(image_id)
-            if oracle:
-                con.executemany("INSERT INTO oracle VALUES (?, ?)", [(ids[p], lab) for p, lab in oracle])
-            if labels:
-                con.execute("INSERT OR IGNORE INTO annotators (name, role, created_at) VALUES ('import', 'system', ?)", [now])
-                con.executemany(
-                    "INSERT INTO labels (image_id, label, annotator, created_at, round_id, source) VALUES (?, ?, 'import', ?, 0, 'import')",
-                    [(ids[p], lab, now) for p, lab in labels])
+            ids = self._insert_images(con, rows, oracle, labels, now)
             if skipped:
                 con.executemany("INSERT INTO skipped VALUES (?, ?, ?)", [(p, why, now) for p, why in skipped])
             if rows or skipped:
                 self._log(con, "ingest", None, {"added": len(rows), "skipped": len(skipped),
                                                 "oracle": len(oracle), "labels": len(labels)})
+        return ids
+
+    def add_ingest_batch(self, rows: Sequence[dict[str, Any]], oracle: Sequence[tuple[str, str]] = (),
+                         labels: Sequence[tuple[str, str]] = (),
+                         skipped: Sequence[tuple[str, str]] = ()) -> dict[str, int]:
+        """One commit of an ingest in progress: images as in add_images, and the files skipped since the last
+        commit. A path keeps one skipped row, its latest reason (a re-run does not count it again), and loses
+        it once the file is ingested. No event: the ingest logs one for the whole run. Returns path -> id."""
+        now = utcnow()
+        with self.write() as con:
+            ids = self._insert_images(con, rows, oracle, labels, now)
+            settled = [(r["path"],) for r in rows] + [(p,) for p, _ in skipped]
+            if settled:
+                con.executemany("DELETE FROM skipped WHERE path = ?", settled)
+            if skipped:
+                con.executemany("INSERT INTO skipped VALUES (?, ?, ?)", [(p, why, now) for p, why in skipped])
+        return ids
+
+    def settle_skipped(self, folder: str, still_skipped: Sequence[str]) -> int:
+        """After a complete ingest of `folder`: forget the earlier skips of paths below it that this run did not
+        skip (fixed, removed, or a link now followed), so the skipped table says what is wrong there now.
+        Returns how many rows went."""
+        prefix = folder.rstrip("/") + "/"
+        with self.write() as con:
+            (n,) = con.execute(
+                """SELECT COUNT(*) FROM skipped WHERE (path = ? OR starts_with(path, ?))
+                   AND path NOT IN (SELECT unnest(?::VARCHAR[]))""", [folder, prefix, list(still_skipped)]).fetchone()
+            con.execute("""DELETE FROM skipped WHERE (path = ? OR starts_with(path, ?))
+                           AND path NOT IN (SELECT unnest(?::VARCHAR[]))""", [folder, prefix, list(still_skipped)])
+        return int(n)
+
+    @staticmethod
+    def _insert_images(con: duckdb.DuckDBPyConnection, rows: Sequence[dict[str, Any]],
+                       oracle: Sequence[tuple[str, str]], labels: Sequence[tuple[str, str]],
+                       now: datetime) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        for r in rows:
+            (image_id,) = con.execute(
+                """INSERT INTO images (path, sha256, size_bytes, width, height, format, modality, split, added_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                [r["path"], r["sha256"], r["size_bytes"], r["width"], r["height"], r["format"],
+                 r["modality"], r["split"], now]).fetchone()
+            ids[r["path"]] = int(image_id)
+        if oracle:
+            con.executemany("INSERT INTO oracle VALUES (?, ?)", [(ids[p], lab) for p, lab in oracle])
+        if labels:
+            con.execute("INSERT OR IGNORE INTO annotators (name, role, created_at) VALUES ('import', 'system', ?)", [now])
+            con.executemany(
+                "INSERT INTO labels (image_id, label, annotator, created_at, round_id, source) VALUES (?, ?, 'import', ?, 0, 'import')",
+                [(ids[p], lab, now) for p, lab in labels])
         return ids
 
     def images(self, split: str | None = None) -> pd.DataFrame:

@@ -1,9 +1,20 @@
-"""Ingest a folder of radiographs: hash, decode check, labels from folders or CSV, a held-out test split."""
+"""Ingest a folder of radiographs: hash, decode check, labels from folders or CSV, a held-out test split.
+
+No file stops an ingest: whatever keeps one from becoming an image (unreadable, undecodable, too large,
+constant, a FIFO, a dangling or looping link, a link out of the folder, a name that is not UTF-8, a path
+longer than the system allows ...) is recorded as a skip with the reason and the exception class. Only
+problems with the project itself (unknown class names, a busy or broken database) stop it. Finished files
+are committed as the run goes, so an interrupted ingest keeps them.
+"""
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
+import os
+import stat
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,9 +24,10 @@ import numpy as np
 
 from store.db import ProjectDB
 from store.errors import CxrAlError
-from store.images import read_image
+from store.images import ImageInfo, max_pixels_limit, read_image
 
-CHUNK = 500  # images committed per transaction: an interrupted ingest keeps what it finished
+CHUNK = 500  # most files per transaction
+COMMIT_SECONDS = 1.0  # longest wait between commits: a killed ingest loses at most this much finished work
 SIDE_FILES = {".csv", ".txt", ".json", ".md", ".yaml", ".yml", ".xml", ".html", ".pdf"}
 
 
@@ -31,12 +43,14 @@ class IngestReport:
     test: int = 0
     labels_without_image: int = 0
     per_class: dict[str, int] = field(default_factory=dict)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, what decoding had to repair)
 
     def as_dict(self) -> dict:
         return {"added": self.added, "already_known": self.already_known, "duplicates": len(self.duplicates),
                 "skipped": len(self.skipped), "labeled": self.labeled, "test": self.test,
                 "labels_without_image": self.labels_without_image, "per_class": self.per_class,
-                "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped]}
+                "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
+                "warnings": [{"path": p, "warning": w} for p, w in self.warnings]}
 
 
 def sha256_file(path: Path) -> str:
@@ -47,16 +61,103 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _walk(images_dir: Path) -> list[Path]:
-    """Every regular file below images_dir in a stable order, hidden files and folders left out."""
-    files = []
-    for p in sorted(images_dir.rglob("*")):
-        rel = p.relative_to(images_dir)
-        if any(part.startswith(".") for part in rel.parts):
+def printable_path(path: str | Path) -> str:
+    """A path as text that can be stored and printed: bytes of a name that are not UTF-8 shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")]
+    return next((name for test, name in kinds if test(mode)), f"file type {stat.S_IFMT(mode):o}")
+
+
+def _os_reason(exc: OSError, path: str, then: str = "") -> str:
+    if exc.errno == errno.ENAMETOOLONG:
+        text = f"path too long: {len(os.fsencode(path))} bytes, more than the system allows{then}; move it higher up"
+    else:
+        text = f"unreadable: {exc.strerror or exc}{then}"
+    return f"{text} [{type(exc).__name__}]"
+
+
+def _walk(root: Path, follow_links: bool = False) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """Every regular file below root as (path as walked, resolved path), in a stable order, hidden files and
+    folders left out; and (path, reason) for what is there but cannot be read as a file: FIFOs and devices,
+    dangling links, link loops, links leading out of root (unless follow_links), folders that cannot be listed.
+
+    Iterative, one folder listing open at a time: a folder 1,000 levels deep is no deeper for it than one.
+    """
+    root_s = str(root)
+    files: list[tuple[Path, str]] = []
+    problems: list[tuple[str, str]] = []
+    visited: set[tuple[int, int]] = set()
+
+    def listing(folder: str) -> list[os.DirEntry] | None:
+        try:
+            with os.scandir(folder) as it:
+                return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as exc:
+            problems.append((folder, "folder " + _os_reason(exc, folder, ", its files were not read")))
+            return None
+
+    def inside(real: str) -> bool:
+        return real == root_s or real.startswith(root_s.rstrip(os.sep) + os.sep)
+
+    top = os.stat(root_s)
+    visited.add((top.st_dev, top.st_ino))
+    stack = [(iter(listing(root_s) or []), True)]  # (entries left, folder reached without links)
+    while stack:
+        entries, real_folder = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
             continue
-        if p.is_file():
-            files.append(p)
-    return files
+        path = entry.path
+        try:
+            if entry.is_symlink():
+                target = os.readlink(path)
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    problems.append((path, f"dangling symbolic link: its target {target} does not exist"))
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        problems.append((path, f"symbolic link loop: {target} leads back to itself"))
+                    else:
+                        problems.append((path, _os_reason(exc, path)))
+                    continue
+                real = os.path.realpath(path)
+                if not follow_links and not inside(real):
+                    problems.append((path, f"symbolic link out of the folder: it points to {real}; "
+                                           "ingest with --follow-links to include it"))
+                elif stat.S_ISDIR(st.st_mode):
+                    if not follow_links:
+                        continue  # a link to a folder inside: its files are ingested where they are
+                    if (st.st_dev, st.st_ino) in visited:
+                        problems.append((path, f"symbolic link loop: it leads to {real}, a folder already "
+                                               "walked; not followed again"))
+                        continue
+                    visited.add((st.st_dev, st.st_ino))
+                    stack.append((iter(listing(path) or []), False))
+                elif stat.S_ISREG(st.st_mode):
+                    files.append((Path(path), real))
+                else:
+                    problems.append((path, f"not a regular file: a link to {_file_kind(st.st_mode)}"))
+            elif entry.is_dir(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                visited.add((st.st_dev, st.st_ino))
+                stack.append((iter(listing(path) or []), real_folder))
+            elif entry.is_file(follow_symlinks=False):
+                files.append((Path(path), path if real_folder else os.path.realpath(path)))
+            else:
+                problems.append((path, f"not a regular file: {_file_kind(entry.stat(follow_symlinks=False).st_mode)}"))
+        except OSError as exc:
+            if entry.is_dir(follow_symlinks=False):
+                problems.append((path, "folder " + _os_reason(exc, path, ", its files were not read")))
+            else:
+                problems.append((path, _os_reason(exc, path)))
+    return files, problems
 
 
 def read_label_csv(csv_path: Path, images_dir: Path) -> dict[Path, str]:
@@ -85,7 +186,7 @@ def _canonical_labels(raw: dict[Path, str], classes: list[str]) -> dict[Path, st
     unknown = sorted({lab for lab in raw.values() if lab.lower() not in lookup})
     if unknown:
         raise CxrAlError(
-            f"labels name classes this project does not have: {', '.join(unknown)}; "
+            f"labels name classes this project does not have: {', '.join(map(printable_path, unknown))}; "
             f"project classes: {', '.join(classes)}. Rename the folders/CSV labels or create the project "
             "with those classes. Nothing was ingested.")
     return {p: lookup[lab.lower()] for p, lab in raw.items()}
@@ -113,16 +214,138 @@ def choose_test_split(paths: list[str], labels: list[str | None], fraction: floa
     return chosen
 
 
+def _exception_class(exc: BaseException) -> str:
+    cls = type(exc)
+    module = cls.__module__.split(".")[0]
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def skip_reason(exc: Exception, path: str | Path) -> str:
+    """Why a file was skipped, from the error that stopped it: the message without the path, and the class of
+    the exception underneath ("too large: ... [PIL.DecompressionBombError]")."""
+    text = " ".join(str(exc).split())
+    for prefix in {f"{path}: ", f"{printable_path(path)}: "}:
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    if isinstance(exc, CxrAlError):
+        cause = exc.__cause__
+        return f"{text} [{_exception_class(cause)}]" if cause is not None else text
+    return f"unexpected error: {text} [{_exception_class(exc)}]"
+
+
+class _Commits:
+    """Finished files waiting for their commit: committed every CHUNK files or COMMIT_SECONDS, and at the end.
+
+    A commit that fails for a reason other than the project (one row the database refuses) is retried file by
+    file and the refused file becomes a skip; only a failure to record even that stops the ingest.
+    """
+
+    def __init__(self, db: ProjectDB, labels_as: str, report: IngestReport):
+        self.db, self.labels_as, self.report = db, labels_as, report
+        self.rows: list[tuple[dict, str | None]] = []
+        self.skips: list[tuple[str, str]] = []
+        self.counts: Counter[str] = Counter()
+        self.last = time.monotonic()
+        self.failed = False  # the project refused a commit: do not try again on the way out
+
+    def add(self, row: dict, label: str | None) -> None:
+        self.rows.append((row, label))
+
+    def skip(self, path: str | Path, reason: str) -> None:
+        self.skips.append((printable_path(path), reason))
+
+    def due(self) -> bool:
+        return len(self.rows) + len(self.skips) >= CHUNK or time.monotonic() - self.last >= COMMIT_SECONDS
+
+    def commit(self) -> None:
+        """Write what is pending; pending files stay pending until their commit returns (Ctrl-C mid-commit
+        leaves them for the commit on the way out)."""
+        self.last = time.monotonic()
+        if not self.rows and not self.skips:
+            return
+        try:
+            self._write(self.rows, self.skips)
+            self.rows, self.skips = [], []
+            return
+        except CxrAlError:
+            self.failed = True  # busy or broken project: nothing one file did, and no use retrying
+            raise
+        except Exception:
+            pass
+        self.failed = True  # until the file-by-file retry returns
+        while self.rows:
+            row = self.rows[0]
+            try:
+                self._write([row], [])
+            except CxrAlError:
+                raise
+            except Exception as exc:
+                self._write([], [(row[0]["path"], "not recorded: the project database refused it: "
+                                                  + skip_reason(exc, row[0]["path"]))])
+            self.rows.pop(0)
+        self._write([], self.skips)
+        self.skips = []
+        self.failed = False
+
+    def _write(self, rows: list[tuple[dict, str | None]], skips: list[tuple[str, str]]) -> None:
+        labeled = [(r["path"], lab) for r, lab in rows if lab is not None]
+        as_oracle = self.labels_as == "oracle"
+        self.db.add_ingest_batch([r for r, _ in rows], oracle=labeled if as_oracle else (),
+                                 labels=() if as_oracle else labeled, skipped=skips)
+        self.report.added += len(rows)
+        self.report.test += sum(1 for r, _ in rows if r["split"] == "test")
+        self.report.skipped.extend(skips)
+        self.counts.update(lab for _, lab in labeled)
+
+
+def _hashed_row(walked: Path, recorded: str) -> tuple[str, dict]:
+    """(SHA-256, the start of its images row) of one file; raises when its name or content cannot be stored."""
+    try:
+        recorded.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CxrAlError("file name not UTF-8: the project database stores names as UTF-8 text; "
+                         "rename the file") from exc
+    digest, size = _hash_regular_file(walked)
+    return digest, {"path": recorded, "sha256": digest, "size_bytes": size}
+
+
+def _hash_regular_file(path: Path) -> tuple[str, int]:
+    """(SHA-256, size) of a regular file; opened without blocking, so a FIFO put in its place cannot hang us."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CxrAlError(f"not a regular file: {_file_kind(st.st_mode)}")
+        h = hashlib.sha256()
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest(), st.st_size
+
+
+def _decode_checked(walked: Path, max_pixels: int) -> tuple[np.ndarray, ImageInfo]:
+    """Decoded pixels and info; a constant image (nothing to label) is refused like an undecodable one."""
+    grey, info = read_image(walked, max_pixels=max_pixels)
+    lo, hi = int(grey.min()), int(grey.max())
+    if lo == hi:
+        after = "decoding and the DICOM window" if info.format == "dicom" else "decoding"
+        raise CxrAlError(f"constant image: every pixel is {lo} after {after}, there is nothing to see")
+    return grey, info
+
+
 def ingest_folder(db: ProjectDB, images_dir: Path | str, classes: list[str], *, labels_from: str | None = None,
                   labels_as: str = "oracle", test_fraction: float = 0.2, seed: int = 0,
-                  progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None
-                  ) -> IngestReport:
-    """Add every new, readable, non-duplicate image below images_dir to the project.
+                  progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
+                  follow_links: bool = False, max_pixels: int | None = None) -> IngestReport:
+    """Add every new, readable, non-duplicate image below images_dir to the project; skip the rest with a reason.
 
     labels_from: None, "folders" (first folder below images_dir is the class) or a CSV path.
     labels_as: "oracle" (hidden ground truth for simulation and test metrics) or "labels"
     (real labels by annotator 'import'). test_fraction reserves a stratified test split among
-    new images that have ground truth; test images never enter the labeling queue.
+    the new files that have ground truth (drawn before decoding, so every commit already holds final
+    splits); test images never enter the labeling queue. follow_links: also ingest files that symbolic
+    links lead to outside images_dir. max_pixels: refuse larger images from their header (default
+    store.images.max_pixels_limit()). Finished files are committed as the run goes; an interrupted run
+    keeps them, and a re-run picks up the rest.
     """
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -131,75 +354,84 @@ def ingest_folder(db: ProjectDB, images_dir: Path | str, classes: list[str], *, 
         raise CxrAlError("--as must be 'oracle' or 'labels'")
     if not 0.0 <= test_fraction < 1.0:
         raise CxrAlError("--test-fraction must be in [0, 1)")
+    cap = max_pixels_limit() if max_pixels is None else int(max_pixels)
     images_dir = images_dir.resolve()
-    files = _walk(images_dir)
+    files, problems = _walk(images_dir, follow_links=follow_links)
 
     raw_labels: dict[Path, str] = {}
     if labels_from == "folders":
-        for p in files:
-            rel = p.relative_to(images_dir)
+        for walked, recorded in files:
+            rel = walked.relative_to(images_dir)
             if len(rel.parts) > 1:
-                raw_labels[p.resolve()] = rel.parts[0]
+                raw_labels[Path(recorded)] = rel.parts[0]
     elif labels_from:
         raw_labels = read_label_csv(Path(labels_from), images_dir)
     labels = _canonical_labels(raw_labels, classes)  # raises before anything is written
 
     known_paths, known_hashes = db.known_paths_and_hashes()
+    candidates = list(dict.fromkeys(recorded for walked, recorded in files if recorded not in known_paths
+                                    and walked.suffix.lower() not in SIDE_FILES))
+    test_paths = choose_test_split(candidates, [labels.get(Path(p)) for p in candidates], test_fraction, seed)
+
     report = IngestReport()
-    rows: list[dict] = []
+    commits = _Commits(db, labels_as, report)
+    for path, reason in problems:
+        commits.skip(path, reason)
+    seen_paths: set[str] = set()
     seen_hashes: dict[str, str] = {}
-    file_labels: list[str | None] = []
-    skipped: list[tuple[str, str]] = []
     if on_total:
         on_total(len(files))
-    for p in files:
-        if progress:
-            progress(1)
-        path = str(p.resolve())
-        if path in known_paths:
-            report.already_known += 1
-            continue
-        if p.suffix.lower() in SIDE_FILES:
-            continue  # label sheets and notes beside the images are not images; not worth a warning
-        try:
-            digest = sha256_file(p)
-        except OSError as exc:
-            skipped.append((path, f"unreadable: {exc.strerror or exc}"))
-            continue
-        if digest in known_hashes or digest in seen_hashes:
-            report.duplicates.append((path, seen_hashes.get(digest, "an image already in the project")))
-            continue
-        try:
-            _, info = read_image(p)
-        except CxrAlError as exc:
-            reason = str(exc).split(": ", 1)[-1]
-            skipped.append((path, reason))
-            continue
-        seen_hashes[digest] = path
-        rows.append({"path": path, "sha256": digest, "size_bytes": p.stat().st_size, "width": info.width,
-                     "height": info.height, "format": info.format, "modality": info.modality, "split": "pool"})
-        file_labels.append(labels.get(Path(path)))
-
-    test_paths = choose_test_split([r["path"] for r in rows], file_labels, test_fraction, seed)
-    for r in rows:
-        if r["path"] in test_paths:
-            r["split"] = "test"
-    ingested = {Path(r["path"]) for r in rows}
-    report.labels_without_image = sum(1 for p in labels if p not in ingested and str(p) not in known_paths)
-
-    counts: Counter[str] = Counter()
-    for start in range(0, max(len(rows), 1), CHUNK):
-        chunk = rows[start:start + CHUNK]
-        chunk_labels = [(r["path"], lab) for r, lab in zip(chunk, file_labels[start:start + CHUNK], strict=True)
-                        if lab is not None]
-        is_last = start + CHUNK >= len(rows)
-        db.add_images(chunk, oracle=chunk_labels if labels_as == "oracle" else (),
-                      labels=chunk_labels if labels_as == "labels" else (),
-                      skipped=skipped if is_last else ())
-        counts.update(lab for _, lab in chunk_labels)
-    report.added = len(rows)
-    report.skipped = skipped
-    report.labeled = sum(counts.values())
-    report.test = len(test_paths)
-    report.per_class = dict(sorted(counts.items()))
+    try:
+        for walked, recorded in files:
+            if commits.due():
+                commits.commit()
+            if progress:
+                progress(1)
+            if recorded in known_paths:
+                report.already_known += 1
+                continue
+            if recorded in seen_paths:
+                continue  # a link inside the folder to a file inside it: one file
+            seen_paths.add(recorded)
+            if walked.suffix.lower() in SIDE_FILES:
+                continue  # label sheets and notes beside the images are not images; not worth a warning
+            try:
+                digest, row = _hashed_row(walked, recorded)
+                if digest in known_hashes or digest in seen_hashes:
+                    report.duplicates.append((printable_path(recorded),
+                                              seen_hashes.get(digest, "an image already in the project")))
+                    continue
+                _, info = _decode_checked(walked, cap)
+            except OSError as exc:
+                commits.skip(recorded, _os_reason(exc, recorded))
+                continue
+            except Exception as exc:  # whatever one file does, the ingest goes on
+                commits.skip(recorded, skip_reason(exc, walked))
+                continue
+            seen_hashes[digest] = recorded
+            row.update(width=info.width, height=info.height, format=info.format, modality=info.modality,
+                       split="test" if recorded in test_paths else "pool")
+            report.warnings.extend((recorded, note) for note in info.notes)
+            commits.add(row, labels.get(Path(recorded)))
+        commits.commit()
+    except BaseException:
+        if not commits.failed:  # interrupted (Ctrl-C, a project error): keep what is finished
+            try:
+                commits.commit()
+                _log_run(db, images_dir, report, interrupted=True)
+            except Exception:
+                pass  # the error already on its way says more
+        raise
+    decoded = set(seen_hashes.values())
+    report.labels_without_image = sum(1 for p in labels if str(p) not in decoded and str(p) not in known_paths)
+    report.labeled = sum(commits.counts.values())
+    report.per_class = dict(sorted(commits.counts.items()))
+    db.settle_skipped(printable_path(images_dir), [p for p, _ in report.skipped])
+    _log_run(db, images_dir, report, interrupted=False)
     return report
+
+
+def _log_run(db: ProjectDB, images_dir: Path, report: IngestReport, *, interrupted: bool) -> None:
+    db.log_event("ingest", None, folder=printable_path(images_dir), added=report.added,
+                 skipped=len(report.skipped), duplicates=len(report.duplicates),
+                 already_known=report.already_known, test=report.test, interrupted=interrupted)
