@@ -60,8 +60,8 @@ def is_dicom(path: Path | str) -> bool:
 
 def _check_size(path: Path, width: int, height: int, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
-        raise CxrAlError(f"{path}: too large: {width} x {height} = {width * height / 1e6:.0f} megapixels, over the "
-                         f"limit of {max_pixels / 1e6:g} (raise CXR_AL_MAX_PIXELS to ingest it)")
+        raise CxrAlError(f"{path}: too large: {width} x {height} = {width * height:,} pixels, over the limit of "
+                         f"{max_pixels:,} (raise CXR_AL_MAX_PIXELS to ingest it)")
 
 
 def _scale_to_uint8(arr: np.ndarray) -> tuple[np.ndarray, int]:
