@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +115,10 @@ def _prior(data: SimulationData, labeled: np.ndarray) -> np.ndarray | None:
     return prior / prior.sum()
 
 
-def probe_outputs(data: SimulationData, labeled: np.ndarray, seed: int) -> ModelOutputs:
+def probe_outputs(data: SimulationData, labeled: np.ndarray, seed: int, samples: bool = True) -> ModelOutputs:
     """A round of mode probe, as the loop runs it: a linear probe on the labeled rows' embeddings and its seeded
-    bootstrap ensemble, whose samples BALD scores."""
+    bootstrap ensemble, whose samples BALD scores (`samples=False` skips them for strategies that never read
+    them: the probe's predictions are the same either way)."""
     from models.probe import fit_probe, fit_probe_ensemble
 
     prior = _prior(data, labeled)
@@ -124,9 +126,10 @@ def probe_outputs(data: SimulationData, labeled: np.ndarray, seed: int) -> Model
         return ModelOutputs(np.tile(prior, (len(data.pool_x), 1)), np.tile(prior, (len(data.test_x), 1)))
     x, y = data.pool_x[labeled], data.pool_y[labeled]
     probe = fit_probe(x, y, n_classes=len(data.classes), seed=seed)
-    ensemble = fit_probe_ensemble(x, y, len(data.classes), base=probe, seed=seed)
-    return ModelOutputs(probe.predict_proba(data.pool_x), probe.predict_proba(data.test_x),
-                        pool_mc=ensemble.predict_samples(data.pool_x))
+    pool_mc = None
+    if samples:
+        pool_mc = fit_probe_ensemble(x, y, len(data.classes), base=probe, seed=seed).predict_samples(data.pool_x)
+    return ModelOutputs(probe.predict_proba(data.pool_x), probe.predict_proba(data.test_x), pool_mc=pool_mc)
 
 
 def finetune_outputs(recipe: FinetuneRecipe, work_dir: Path) -> FitPredict:
@@ -192,7 +195,10 @@ def run_strategy(data: SimulationData, strategy: str, seed: int, initial: int, s
     """One learning curve: points (labels used, metrics) from `initial` to `budget` labels; `fit` is the round's
     model (a probe, or finetune_outputs)."""
     from active.engine.evidence import label_gains
-    from active.strategies import QueryInputs, select
+    from active.strategies import REGISTRY, QueryInputs, select
+
+    if fit is probe_outputs and "mc_probs" not in REGISTRY[strategy].needs:
+        fit = partial(probe_outputs, samples=False)  # the ensemble costs ten fits a point; only BALD reads it
 
     n_pool = len(data.pool_x)
     budget = min(budget, n_pool)
