@@ -8,10 +8,10 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from store.errors import CxrAlError
 
@@ -33,6 +33,23 @@ def progress_bar(desc: str, total: int | None = None, unit: str = "img"):
         yield bar.update, set_total
     finally:
         bar.close()
+
+
+@contextmanager
+def job_output_on_stderr() -> Iterator[TextIO]:
+    """While a job runs, whatever it writes to stdout goes to stderr: Lightning's progress bar (which writes to
+    stdout), a library's print, and the job's child process, which inherits the descriptor. So stdout carries only
+    the command's results: printed after the job, or written to the stream this yields (the real stdout)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with open(saved, "w", closefd=False) as results, redirect_stdout(sys.stderr):
+            yield results
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _print_json(obj: Any) -> None:
@@ -97,7 +114,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from active.engine.project import open_project
     from active.views.status import status
-    from models.metrics import CI_METRICS
 
     info = status(open_project(args.project_dir))
     if args.json:
@@ -114,21 +130,50 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("annotators: " + ", ".join(f"{a} ({n})" for a, n in info["labels_per_annotator"].items()))
     print(f"open suggestions: {info['queue']}")
     for r in info["rounds"]:
-        metrics = r.get("metrics") or {}
-        shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in CI_METRICS
-                          if isinstance(metrics.get(k), int | float))
-        error = f" error: {r['error']}" if r.get("error") else ""
-        print(f"round {r['id']} {r['kind']} {r['status']} ({r['n_labels']} labels) {shown}{error}".rstrip())
+        print(_round_line(r))
     print(f"embeddings: {info['embeddings']}")
     index = info.get("index")
     if index:
         print(f"FAISS index: {index['type']}, {index['size']} vectors of {index['dim']} dimensions")
     print(f"round due: {'yes' if info['round_due'] else 'no'}")
     overall = info["efficiency"]["overall"]
-    parts = [f"{name} accuracy {p['accuracy']:.3f} (n={p['n']})" for name, p in
-             (("random share", overall["random"]), ("active picks", overall["active"])) if p["accuracy"] is not None]
-    print(f"is active learning paying off: {overall['sentence']}" + (f" ({', '.join(parts)})" if parts else ""))
+    print(f"is active learning paying off: {overall['sentence']}")
+    parts = [f"{name} {_estimate(overall[part], 'accuracy')}" for part, name in
+             (("random", "random share"), ("active", "active picks")) if overall[part]["accuracy"] is not None]
+    if parts:
+        print("  prequential accuracy: " + "; ".join(parts))
     return 0
+
+
+def _round_line(r: dict[str, Any]) -> str:
+    """One round of `status` as text: its kind, state and the numbers that matter for that kind."""
+    from models.metrics import CI_METRICS
+
+    metrics = r.get("metrics") or {}
+    head = f"round {r['id']} {r['kind']} {r['status']}"
+    if r["kind"] == "train":
+        mode = f"{metrics['mode']}, " if metrics.get("mode") else ""
+        head += f" ({mode}{metrics.get('n_train', r['n_labels'])} labels)"  # trained on, as `train` says
+        shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in CI_METRICS if isinstance(metrics.get(k), int | float))
+    elif r["kind"] == "pretrain" and isinstance(metrics.get("final_loss"), int | float):
+        shown = f"{_count(len(metrics.get('losses') or []), 'epoch')}, final loss {metrics['final_loss']:.4f}"
+    elif r["kind"] == "embed" and isinstance(metrics.get("embedded"), int):
+        shown = f"{metrics['embedded']} images embedded"
+    else:
+        shown = ""
+    error = f" error: {r['error']}" if r.get("error") else ""
+    return f"{head}{': ' + shown if shown else ''}{error}"
+
+
+def _count(n: int, noun: str) -> str:
+    """`1 epoch`, `2 epochs`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _estimate(part: dict[str, Any], key: str) -> str:
+    """`accuracy 0.812 [0.700, 0.900] (n=16)`: an estimate of `efficiency` with its CI, as text."""
+    ci = part.get(f"{key}_ci")
+    return f"{key} {part[key]:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f" (n={part['n']})"
 
 
 def cmd_label(args: argparse.Namespace) -> int:
@@ -175,12 +220,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from active.engine.project import open_project
     from active.engine.rounds import pretrain
 
-    result = pretrain(open_project(args.project_dir), method=args.method, backbone=args.backbone, init=args.init,
-                      epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
-                      device=args.device, resume=args.resume, seed=args.seed, max_steps=args.max_steps,
-                      allow_download=args.download_weights, augment=args.augment)
+    with job_output_on_stderr():
+        result = pretrain(open_project(args.project_dir), method=args.method, backbone=args.backbone,
+                          init=args.init, epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
+                          device=args.device, resume=args.resume, seed=args.seed, max_steps=args.max_steps,
+                          allow_download=args.download_weights, augment=args.augment)
     losses = result["losses"]
-    print(f"pretrained {args.method} round {result['round_id']}: {len(losses)} epochs, final loss "
+    print(f"pretrained {args.method} round {result['round_id']}: {_count(len(losses), 'epoch')}, final loss "
           f"{losses[-1]:.4f}, {result['images_per_second']:.1f} images/s on {result['device']}; "
           f"checkpoint {result['checkpoint']}")
     return 0
@@ -190,8 +236,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from active.engine.project import open_project
     from active.engine.rounds import embed
 
-    result = embed(open_project(args.project_dir), checkpoint=args.checkpoint, init=args.init,
-                   batch_size=args.batch_size, device=args.device, allow_download=args.download_weights)
+    with job_output_on_stderr():
+        result = embed(open_project(args.project_dir), checkpoint=args.checkpoint, init=args.init,
+                       batch_size=args.batch_size, device=args.device, allow_download=args.download_weights)
     print(f"embedded {result.get('count', 0)} new images; index: {result.get('index', 'rebuilt')}")
     return 0
 
@@ -202,8 +249,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.metrics import CI_METRICS
 
     project = open_project(args.project_dir)
-    outcome = run_round(project, mode=args.mode, epochs=args.epochs, device=args.device, seed=args.seed,
-                        if_due=args.if_due, refresh=not args.keep_queue)
+    with job_output_on_stderr():
+        outcome = run_round(project, mode=args.mode, epochs=args.epochs, device=args.device, seed=args.seed,
+                            if_due=args.if_due, refresh=not args.keep_queue)
     if not outcome.started:
         print(outcome.message)
         return 0
@@ -238,9 +286,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         simulate,
     )
 
-    project = project_for_simulation(args.source, Path(args.out), checkpoint=args.checkpoint, init=args.init,
-                                     pretrain_epochs=args.pretrain_epochs, test_fraction=args.test_fraction,
-                                     image_size=args.image_size, seed=args.seed)
+    with job_output_on_stderr():
+        project = project_for_simulation(args.source, Path(args.out), checkpoint=args.checkpoint, init=args.init,
+                                         pretrain_epochs=args.pretrain_epochs, test_fraction=args.test_fraction,
+                                         image_size=args.image_size, seed=args.seed)
     strategies = [s.strip() for s in (args.strategies or ",".join(DEFAULT_STRATEGIES)).split(",") if s.strip()]
     recipe = None
     if args.mode == "finetune":  # one fine-tuning per point of every curve: say what it starts from
@@ -248,7 +297,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, device=args.device)
         print(f"fine-tuning {recipe.backbone} from {recipe.checkpoint or recipe.init} at {recipe.image_size} px, "
               f"up to {recipe.epochs} epochs per point", file=sys.stderr)
-    with progress_bar("simulate", unit="fit") as (advance, _):
+    with job_output_on_stderr(), progress_bar("simulate", unit="fit") as (advance, _):
         result = simulate(project, args.out, strategies=strategies, seeds=args.seeds, initial=args.initial,
                           step=args.step, budget=args.budget, mode=args.mode, metric=args.metric,
                           progress=lambda point: advance(1), recipe=recipe)
@@ -266,7 +315,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from active.delivery.demo import run_demo
 
-    info = run_demo(args.dir, n=args.n, seed=args.seed, epochs=args.epochs)
+    with job_output_on_stderr() as results:  # the demo's steps on stdout, its jobs' progress on stderr
+        info = run_demo(args.dir, n=args.n, seed=args.seed, epochs=args.epochs,
+                        log=lambda line: print(line, file=results, flush=True))
     if args.no_serve:
         return 0
     from active.delivery.serve import serve
@@ -307,18 +358,34 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def explain_outputs(out: Path, image_ids: list[int]) -> list[Path]:
+    """Where each overlay goes: `out` itself for one image (or out/image-ID.png when out is a folder), else
+    out/image-ID.png in the folder `out` (created when its parent exists). Checked before any model loads."""
+    if len(image_ids) == 1 and not out.is_dir():
+        if not out.parent.is_dir():
+            raise CxrAlError(f"folder {out.parent} does not exist")
+        return [out]
+    if (out.exists() or out.suffix.lower() == ".png") and not out.is_dir():
+        raise CxrAlError(f"--out {out} is a file; with several images give a folder")
+    if not out.parent.is_dir():
+        raise CxrAlError(f"folder {out.parent} does not exist")
+    out.mkdir(exist_ok=True)
+    return [out / f"image-{i}.png" for i in image_ids]
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from active.engine.project import open_project
     from active.views.explain import explain
 
     project = open_project(args.project_dir)
-    (result,) = explain(project, [args.image_id], class_name=args.class_name, round_id=args.round)
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise CxrAlError(f"folder {out.parent} does not exist")
-    out.write_bytes(result["overlay_png"])
-    probs = ", ".join(f"{c} {p:.3f}" for c, p in result["probs"].items())
-    print(f"Grad-CAM++ for image {args.image_id}, class {result['class']} ({probs}): wrote {out}")
+    image_ids = list(dict.fromkeys(args.image_ids))  # each image once, in the order given
+    outputs = explain_outputs(args.out, image_ids)
+    # one call: the round model is loaded once (active.views.explain caches it) and the images run in batches
+    results = explain(project, image_ids, class_name=args.class_name, round_id=args.round)
+    for result, path in zip(results, outputs, strict=True):
+        path.write_bytes(result["overlay_png"])
+        probs = ", ".join(f"{c} {p:.3f}" for c, p in result["probs"].items())
+        print(f"Grad-CAM++ for image {result['image_id']}, class {result['class']} ({probs}): wrote {path}")
     return 0
 
 
@@ -506,12 +573,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotator", default=None, help="queue for this annotator (default: for anyone)")
     p.add_argument("--seed", type=int, default=0)
 
-    p = add("explain", cmd_explain, "Grad-CAM++ heatmap of the latest model for one image, as an overlay PNG.")
+    p = add("explain", cmd_explain, "Grad-CAM++ heatmaps of the latest model for one or more images, as overlay "
+                                    "PNGs (the model is loaded once for all of them).")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
-    p.add_argument("image_id", type=int, metavar="IMAGE_ID")
+    p.add_argument("image_ids", type=int, nargs="+", metavar="IMAGE_ID")
     p.add_argument("--class", dest="class_name", default=None, help="class to explain (default: the predicted one)")
     p.add_argument("--round", type=int, default=None, help="training round (default: the latest)")
-    p.add_argument("--out", required=True, type=Path, metavar="FILE.png")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE.png|FOLDER",
+                   help="the PNG for one image; a folder (created if missing) for several: FOLDER/image-ID.png")
 
     p = add("simulate", cmd_simulate, "Oracle simulation: label-efficiency curves of query strategies.")
     p.add_argument("source", type=Path, metavar="IMAGES_DIR|PROJECT_DIR")
