@@ -89,7 +89,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     project = open_project(args.project_dir)
     with progress_bar("ingest") as (advance, set_total):
         report = ingest(project, args.images_dir, labels_from=args.labels_from, labels_as=args.labels_as,
-                        test_fraction=args.test_fraction, seed=args.seed, progress=advance, on_total=set_total)
+                        test_fraction=args.test_fraction, seed=args.seed, progress=advance, on_total=set_total,
+                        follow_links=args.follow_links)
     if args.json:
         _print_json(report.as_dict())
         return 0
@@ -500,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=None,
                    help="stratified held-out test split among labeled images (default 0.2 with labels)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--follow-links", action="store_true",
+                   help="also ingest files that symbolic links lead to outside IMAGES_DIR (refused by default)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = add("status", cmd_status, "Show images, labels, annotators, rounds and skipped files.")
