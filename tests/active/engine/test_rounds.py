@@ -26,6 +26,17 @@ def _label_some(project, n: int, annotator: str = "frank") -> None:
         record_label(project, image_id, oracle[image_id], annotator)
 
 
+def _label_each_class(project, per_class: int, annotator: str = "frank") -> None:
+    """Label up to per_class more pool images of every class with their hidden ground truth, so a round can
+    train whatever ran before (the pool's first images may all be of one class)."""
+    oracle = _oracle(project)
+    labeled = set(project.db.current_labels()["image_id"])
+    free = [i for i in project.db.images("pool")["id"].astype(int) if i not in labeled]
+    for cls in project.classes:
+        for image_id in [i for i in free if oracle[i] == cls][:per_class]:
+            record_label(project, image_id, cls, annotator)
+
+
 @pytest.fixture(scope="module")
 def looped(tmp_path_factory):
     """One phantom project taken through pretraining (in a child process, as the CLI does) and embedding."""
@@ -172,8 +183,8 @@ def test_training_needs_two_classes(tmp_path) -> None:
 def test_explain_probe_round_and_neighbors(looped, tmp_path) -> None:
     from active.views.explain import explain, neighbors
 
-    if latest_round(looped, "train") is None:
-        _label_some(looped, 8)
+    if latest_round(looped, "train") is None:  # run alone (-k explain): no earlier test trained a round
+        _label_each_class(looped, 2)
         train(looped, mode="probe", in_child=False, progress=False, n_bootstrap=10)
     (result,) = explain(looped, [1], class_name="Consolidation")
     assert result["heatmap"].shape == (64, 64) and 0 <= result["heatmap"].min() <= result["heatmap"].max() <= 1
