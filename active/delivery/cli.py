@@ -588,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("simulate", cmd_simulate, "Oracle simulation: label-efficiency curves of query strategies.")
     p.add_argument("source", type=Path, metavar="IMAGES_DIR|PROJECT_DIR")
     p.add_argument("--strategies", default=None,
-                   help="comma-separated (default: random,entropy,margin,coreset,typiclust,probcover,badge,hybrid)")
+                   help="comma-separated (default: random,auto,entropy,margin,coreset,typiclust,probcover,badge,hybrid)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--initial", type=int, default=20)
     p.add_argument("--step", type=int, default=20)

@@ -147,6 +147,10 @@ def test_parser_choices_are_the_registries() -> None:
     assert (args.mode, args.epochs, args.device, args.batch_size) == ("finetune", 2, "cpu", 8)
     help_text = parser._subparsers._group_actions[0].choices["pretrain"].format_help()
     assert all(name in help_text for name in MODULES)
+    from active.engine.simulate import DEFAULT_STRATEGIES
+
+    simulate_help = "".join(parser._subparsers._group_actions[0].choices["simulate"].format_help().split())
+    assert f"(default:{','.join(DEFAULT_STRATEGIES)})" in simulate_help  # without the help's line breaks
 
 
 def test_building_the_parser_imports_no_torch() -> None:
