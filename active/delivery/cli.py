@@ -297,7 +297,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         recipe = finetune_recipe(project, checkpoint=args.checkpoint, init=args.init, epochs=args.epochs,
                                  batch_size=args.batch_size, device=args.device)
         print(f"fine-tuning {recipe.backbone} from {recipe.checkpoint or recipe.init} at {recipe.image_size} px, "
-              f"up to {recipe.epochs} epochs per point", file=sys.stderr)
+              f"up to {_count(recipe.epochs, 'epoch')} per point", file=sys.stderr)
     with job_output_on_stderr(), progress_bar("simulate", unit="fit") as (advance, _):
         result = simulate(project, args.out, strategies=strategies, seeds=args.seeds, initial=args.initial,
                           step=args.step, budget=args.budget, mode=args.mode, metric=args.metric,
