@@ -9,7 +9,7 @@ The rule (documented in README "How auto chooses"):
    typical-and-diverse picks that help most when labels are few.
 3. With a model, the rest comes from one arm among CANDIDATES, chosen from evidence: for each arm the
    engine measures the value of the labels it picked (engine.evidence.label_gains: how much a probe's
-   log-loss on held-out random-share labels rises when k of that arm's labels are left out, per label),
+   log-loss on held-out random-share labels rises when k of its labels are left out, per label),
    and the same for random-share labels, on the same held-out splits. Arms not yet tried are tried once
    each (exploration, in CANDIDATES order). Then the arm whose mean paired gain over random exceeds three
    standard errors wins (the repeats share labels, so their standard error is optimistic: with i.i.d. picks
