@@ -82,7 +82,7 @@ def main() -> None:
     if emb_round.empty:
         embed(project)
         emb_round = project.db.rounds("embed")
-    report["embed"] = json.loads(emb_round.iloc[-1]["metrics"])
+    report["embed"] = emb_round.iloc[-1]["metrics"]  # ProjectDB.rounds decodes it
 
     # all-label probe: a logistic regression on the SSL embeddings of every training image, test metrics with CIs
     from active.engine.simulate import load_simulation_data
