@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from active.engine import policy
+from active.engine.jobs import TRAIN_MODES
 from active.views import agreement, dashboard, efficiency, status
 from active.views.accounts import can
 from store.errors import CxrAlError
@@ -107,7 +108,7 @@ def _policy_form(project: Project, user: dict[str, str]) -> None:
         c1, c2, c3 = st.columns(3)
         train_every = c1.number_input("Train after this many new labels (0: on demand only)", 0, 100_000,
                                       int(current.get("train_every") or 0), step=5, key="dash_policy_train_every")
-        modes = ["probe", "finetune"]
+        modes = list(TRAIN_MODES)
         mode = c2.selectbox("Mode", modes, index=modes.index(current["mode"]) if current["mode"] in modes else 0, key="dash_policy_mode",
                             help="probe: logistic regression on the SSL embeddings (seconds on a CPU); "
                                  "finetune: the backbone end to end (minutes; a GPU helps)")
@@ -120,11 +121,15 @@ def _policy_form(project: Project, user: dict[str, str]) -> None:
         double_read = c3.slider("Double-read fraction", 0.0, 1.0,
                                 float(project.config.get("double_read_fraction", 0.0)), step=0.05, key="dash_policy_double",
                                 help="Share of each batch also sent to a second reader, to measure agreement")
+        random_share = c1.slider("Random share of auto batches", 0.0, 1.0, float(current.get("random_share", 0.2)),
+                                 step=0.05, key="dash_policy_random_share",
+                                 help="Drawn uniformly from the pool: it measures whether active picks pay off "
+                                      "(below) and keeps auto from straying far from random sampling")
         if st.form_submit_button("Save policy", key="dash_policy_save"):
             try:
                 policy.update_round_policy(project, user["name"], train_every=int(train_every), mode=mode,
                                             strategy=strategy, batch_size=int(batch_size), epochs=int(epochs),
-                                            double_read_fraction=float(double_read))
+                                            random_share=float(random_share), double_read_fraction=float(double_read))
             except CxrAlError as exc:
                 st.session_state[MESSAGE_KEY] = f":orange[Not saved: {exc}]"
             else:

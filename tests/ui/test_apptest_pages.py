@@ -235,12 +235,14 @@ def test_lead_changes_the_round_policy_and_it_is_logged(project) -> None:
     at.selectbox(key="dash_policy_mode").set_value("finetune")
     at.selectbox(key="dash_policy_strategy").set_value("entropy")
     at.slider(key="dash_policy_double").set_value(0.25)
+    at.slider(key="dash_policy_random_share").set_value(0.3)
     at.button(key="dash_policy_save").click().run()
     assert not at.exception
     assert "Round policy saved." in _texts(at.markdown)
     saved = open_project(proj.root)
     assert saved.round_policy["train_every"] == 40 and saved.round_policy["mode"] == "finetune"
     assert saved.round_policy["strategy"] == "entropy" and saved.config["double_read_fraction"] == 0.25
+    assert saved.round_policy["random_share"] == pytest.approx(0.3)
     assert "a round every 40 new labels" in _texts(at.caption)
     event = proj.db.events("round_policy_changed")
     assert event["actor"].tolist() == ["lena"]
