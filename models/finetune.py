@@ -30,6 +30,7 @@ from models.runtime import (
     check_world_size,
     inference_autocast,
     loader_workers,
+    progress_callbacks,
     quiet_lightning,
     resolve_device,
     trainer_devices,
@@ -267,7 +268,7 @@ def finetune(train_paths: Sequence[str | Path], train_y: Sequence[int], classes:
     n_batches = max(1, len(train_dl))
     with quiet_lightning():
         trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                             precision=precision, max_epochs=epochs, callbacks=callbacks, logger=False,
+                             precision=precision, max_epochs=epochs, callbacks=callbacks + progress_callbacks(progress), logger=False,
                              default_root_dir=work, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
                              log_every_n_steps=min(50, n_batches))
         check_world_size(trainer.world_size)

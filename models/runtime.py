@@ -122,3 +122,18 @@ def quiet_lightning() -> Iterator[None]:
         finally:
             for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
+
+
+def progress_callbacks(progress: bool) -> list:
+    """The Trainer's progress bar: one bar for the training epochs and none for validation (Lightning's
+    default draws a second, nested bar for each validation loop); nothing when progress is off."""
+    if not progress:
+        return []
+    from pytorch_lightning.callbacks import TQDMProgressBar
+    from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
+
+    class TrainingOnlyBar(TQDMProgressBar):
+        def init_validation_tqdm(self) -> Tqdm:
+            return Tqdm(disable=True)  # created disabled: a bar disabled after creation has already drawn
+
+    return [TrainingOnlyBar()]

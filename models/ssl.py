@@ -40,6 +40,7 @@ from models.embed import ReadErrorsAsValues, raise_read_errors
 from models.runtime import (
     check_world_size,
     loader_workers,
+    progress_callbacks,
     quiet_lightning,
     resolve_device,
     trainer_devices,
@@ -416,7 +417,7 @@ def pretrain(paths: list[str], out_dir: Path, *, method: str = "simclr", backbon
             module = module.to(memory_format=torch.channels_last)  # before Lightning moves and wraps it
         trainer = pl.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
                              precision=precision, max_epochs=epochs, max_steps=max_steps or -1,
-                             callbacks=[checkpointing, meter], logger=False, default_root_dir=out_dir,
+                             callbacks=[checkpointing, meter, *progress_callbacks(progress)], logger=False, default_root_dir=out_dir,
                              enable_progress_bar=progress, enable_model_summary=False,
                              sync_batchnorm=accelerator == "cuda",  # no-op on one GPU; SyncBN has no CPU kernel
                              log_every_n_steps=10)

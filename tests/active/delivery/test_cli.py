@@ -217,8 +217,6 @@ def test_pretrain_and_train_print_results_on_stdout_and_nothing_else(quiet_run) 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="Lightning's validation loop of a finetune round draws a second, nested bar; "
-                                       "models/runtime should give the Trainer a progress bar without it")
 def test_a_finetune_round_draws_one_progress_bar(quiet_run) -> None:
     stderr = quiet_run["train"].stderr
     assert len(_bar_lines(stderr)) <= 1 and "\x1b[A" not in stderr, stderr[-2000:]
