@@ -451,16 +451,20 @@ class ProjectDB:
                    WHERE l.superseded_by IS NULL ORDER BY l.id""").df()
 
     def label_origins(self) -> pd.DataFrame:
-        """Every current label of a pool image with the suggestion it answered: image_id, label, annotator,
-        created_at, strategy (NULL when no queue entry led to it, e.g. imported labels) and model_round of
-        the newest finished queue entry of that image. What `auto`'s evidence and the efficiency view read."""
+        """Every current label of a pool image with the suggestion that first brought it to an annotator:
+        image_id, label, annotator, created_at, strategy (NULL when no queue entry led to it, e.g. imported
+        labels) and model_round, both from the newest finished or unsure entry of that image that is not a
+        second or double read (an image marked unsure keeps the strategy that picked it). What `auto`'s
+        evidence and the efficiency view read."""
         with self.read() as con:
             return con.execute(
                 """SELECT l.image_id, l.label, l.annotator, l.created_at, q.strategy, q.model_round
                    FROM labels l JOIN images i ON i.id = l.image_id
-                   LEFT JOIN (SELECT image_id, arg_max(strategy, id) AS strategy,
-                                     arg_max(model_round, id) AS model_round
-                              FROM queue WHERE status = 'done' GROUP BY image_id) q ON q.image_id = l.image_id
+                   LEFT JOIN (SELECT image_id, strategy, model_round FROM queue
+                              WHERE status IN ('done', 'unsure')
+                                AND coalesce(strategy, '') NOT IN ('double-read', 'second-read')
+                              QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY id DESC) = 1
+                             ) q ON q.image_id = l.image_id
                    WHERE l.superseded_by IS NULL AND i.split = 'pool' ORDER BY l.id""").df()
 
     def count_labeled_since(self, since: Any = None, split: str = "pool") -> int:
@@ -532,10 +536,15 @@ class ProjectDB:
             frame[column] = [json.loads(v) if isinstance(v, str) and v else {} for v in frame[column]]
         return frame
 
-    def predictions(self, round_id: int) -> pd.DataFrame:
+    def predictions(self, round_id: int, image_ids: Sequence[int] | None = None) -> pd.DataFrame:
+        """A round's predictions (image_id, probs), of every image or only of image_ids."""
         with self.read() as con:
-            return con.execute("SELECT image_id, probs FROM predictions WHERE round_id = ? ORDER BY image_id",
-                               [int(round_id)]).df()
+            if image_ids is None:
+                return con.execute("SELECT image_id, probs FROM predictions WHERE round_id = ? ORDER BY image_id",
+                                   [int(round_id)]).df()
+            return con.execute("""SELECT image_id, probs FROM predictions
+                                  WHERE round_id = ? AND list_contains(?, image_id) ORDER BY image_id""",
+                               [int(round_id), [int(i) for i in image_ids]]).df()
 
     # ----------------------------------------------------------------- queue
     def add_to_queue(self, entries: Iterable[dict[str, Any]]) -> int:

@@ -65,7 +65,7 @@ def start_server(project_dir: Path | str, *, port: int = 8501, host: str = "127.
     try:
         return subprocess.Popen(server_command(int(port), host), cwd=str(APP_PATH.parent), env=env,
                                 stdout=out, stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
-                                preexec_fn=die_with_parent)  # kill -9 of serve takes the app server with it
+                                preexec_fn=die_with_parent())  # kill -9 of serve takes the app server with it
     finally:
         if out is not None:
             out.close()
@@ -93,6 +93,7 @@ def forwarding_signals(proc: subprocess.Popen) -> Iterator[None]:
     """Inside the block, SIGTERM, SIGINT and SIGHUP sent to this process are passed on to the app server, whose
     exit then ends the wait; the previous handlers come back afterwards."""
     def forward(signum: int, _frame: Any) -> None:
+        proc.stop_requested = True  # read by _wait_for: a stop asked for is not a failed start
         if proc.poll() is None:
             proc.send_signal(signum)
 
@@ -116,7 +117,12 @@ def _wait_for(proc: subprocess.Popen, project_dir: Path | str, port: int, host: 
     """Wait until the server answers, say where, then until it exits; it never outlives this call."""
     url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0', '::') else host}:{port}"
     try:
-        wait_until_ready(url, proc)
+        try:
+            wait_until_ready(url, proc)
+        except CxrAlError:
+            if getattr(proc, "stop_requested", False):
+                return 130
+            raise
         print(f"CXR-AL is serving {Path(project_dir)} at {url} (Ctrl-C stops it)", file=sys.stderr)
         if open_browser:
             webbrowser.open(url)

@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -263,18 +264,25 @@ def job_from_json(text: str) -> JobSpec:
 
 
 # ----------------------------------------------------------------------------- runners
-def die_with_parent() -> None:
-    """In a freshly forked child: ask Linux to SIGKILL it when its parent dies (prctl PR_SET_PDEATHSIG), so a
-    job never runs on unrecorded after `kill -9` of the process that started it; elsewhere a no-op."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
+def die_with_parent() -> Callable[[], None]:
+    """A preexec_fn for a child that must not outlive the process starting it: in the freshly forked child it
+    asks Linux to SIGKILL it when its parent dies (prctl PR_SET_PDEATHSIG), so a job never runs on unrecorded
+    after `kill -9` of the process that started it; elsewhere a no-op. The parent's pid is taken before the
+    fork, so a parent that is itself pid 1 (a container without an init) is not mistaken for a dead one."""
+    parent = os.getpid()
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
+    def arm() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return arm
 
 
 def run_job(spec: JobSpec) -> dict[str, Any]:
@@ -305,7 +313,7 @@ def run_in_child(spec: JobSpec) -> dict[str, Any]:
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ,
            "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "active.engine.jobs", str(spec_path)], env=env,
-                          preexec_fn=die_with_parent)
+                          preexec_fn=die_with_parent())
     if proc.returncode != 0 or not (out / RESULT_NAME).exists():
         detail = (out / ERROR_NAME).read_text() if (out / ERROR_NAME).exists() else f"exit status {proc.returncode}"
         raise JobFailed(f"{spec.task} job failed: {detail.strip().splitlines()[-1] if detail.strip() else detail}",

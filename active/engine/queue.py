@@ -64,6 +64,7 @@ def suggest(project: Project, n: int | None = None, *, strategy: str | None = No
 
     entries: list[dict[str, Any]] = []
     arm_gains, reason = None, None
+    seed = batch_seed(seed, round_id, int(unavailable.sum()))
     if n_new > 0 and (~unavailable).any():
         if strategy == "auto" and probs is not None and embeddings is not None:
             arm_gains = strategy_evidence(project, ids, embeddings, seed=seed)
@@ -85,6 +86,14 @@ def suggest(project: Project, n: int | None = None, *, strategy: str | None = No
     db.log_event("suggest", annotator, strategy=strategy, chosen=chosen, reason=reason, n=len(entries),
                  double_reads=len(double))
     return pd.DataFrame(entries, columns=["image_id", "annotator", "strategy", "score", "model_round", "rank"])
+
+
+def batch_seed(seed: int, round_id: int | None, n_taken: int) -> int:
+    """The seed of one batch: fixed by the caller's seed and the project's state (model round, images taken),
+    so a repeated call gives the same batch while every new batch draws afresh. One fixed seed for every
+    batch would put the random share at the same positions of the pool list each time (image ids follow
+    ingest order, often one class folder after another)."""
+    return int(np.random.default_rng([int(seed), int(round_id or 0), int(n_taken)]).integers(2**31))
 
 
 def label_source(strategy: Any) -> str:

@@ -65,6 +65,9 @@ def choose_arm(inputs: QueryInputs) -> tuple[str, str]:
         return COLD_START, "cold start: typical images first"
     ready = [a for a in CANDIDATES if all(getattr(inputs, f) is not None for f in ARM_NEEDS[a])]
     gains = inputs.arm_gains or {}
+    if not gains and ready:
+        return ready[0], ("no evidence yet (it needs 8 labels from random shares, of two classes at least): "
+                          f"{ready[0]} until then")
     for arm in ready:
         if len(gains.get(arm, ())) == 0:
             return arm, "exploring: no evidence on it yet"
@@ -114,9 +117,26 @@ def auto(inputs: QueryInputs, budget: int, seed: int = 0, *, run: SubStrategy | 
     taken = inputs.labeled.copy()
     taken[picked.indices] = True
     rest = run(RANDOM_ARM, replace(inputs, labeled=taken), budget - len(picked.indices), seed)
-    sources = np.array([arm] * len(picked.indices) + [RANDOM_ARM] * len(rest.indices), dtype=object)
-    return Ranked(np.concatenate([picked.indices, rest.indices]).astype(np.int64),
-                  np.concatenate([picked.scores, rest.scores]).astype(np.float64), sources)
+    order = interleaved(len(picked.indices), len(rest.indices))
+    sources = np.array([arm] * len(picked.indices) + [RANDOM_ARM] * len(rest.indices), dtype=object)[order]
+    return Ranked(np.concatenate([picked.indices, rest.indices]).astype(np.int64)[order],
+                  np.concatenate([picked.scores, rest.scores]).astype(np.float64)[order], sources)
+
+
+def interleaved(n_first: int, n_second: int) -> np.ndarray:
+    """An order of n_first + n_second rows (the first group, then the second) that keeps each group's own
+    order and spreads the second group evenly through the batch: annotators take a batch from the top and a
+    round expires what is left, so random picks placed last would be the first lost."""
+    n = n_first + n_second
+    if n_second == 0 or n_first == 0:
+        return np.arange(n)
+    slots = np.floor((np.arange(n_second) + 0.5) * n / n_second).astype(np.int64)  # evenly spaced positions
+    is_second = np.zeros(n, dtype=bool)
+    is_second[slots] = True
+    order = np.empty(n, dtype=np.int64)
+    order[is_second] = n_first + np.arange(n_second)
+    order[~is_second] = np.arange(n_first)
+    return order
 
 
 auto.composes = True  # select() hands it a `run` that de-duplicates each part

@@ -80,7 +80,9 @@ def select(name: str, inputs: QueryInputs, budget: int, seed: int = 0,
     with single_threaded_when_busy():
         if getattr(strategy, "composes", False):  # a mix of strategies: each part is selected on its own
             def run(part: str, part_inputs: QueryInputs, part_budget: int, part_seed: int) -> Ranked:
-                return select(part, part_inputs, part_budget, part_seed, dedup_threshold)
+                # a random part stays a uniform sample of the pool (its labels measure the others): no filter
+                threshold = None if part == "random" else dedup_threshold
+                return select(part, part_inputs, part_budget, part_seed, threshold)
             return strategy(inputs, budget, seed, run=run)
         if dedup_threshold is None or inputs.embeddings is None:
             return strategy(inputs, budget, seed)

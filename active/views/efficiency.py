@@ -68,7 +68,7 @@ def efficiency(project: Project, *, seed: int = 0) -> dict[str, Any]:
             row |= {"random": _scored(np.zeros(0, int), np.zeros((0, len(classes))), classes, positive, seed),
                     "active": _scored(np.zeros(0, int), np.zeros((0, len(classes))), classes, positive, seed)}
         else:
-            preds = project.db.predictions(int(r.id))
+            preds = project.db.predictions(int(r.id), picks["image_id"].astype(int).tolist())
             probs_by_id = dict(zip(preds["image_id"].astype(int), preds["probs"], strict=True))
             picks = picks[picks["image_id"].astype(int).isin(probs_by_id)]
             for part, mask in (("random", picks["source"] == RANDOM_SOURCE), ("active", picks["source"] != RANDOM_SOURCE)):

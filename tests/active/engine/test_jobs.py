@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,3 +76,21 @@ def test_tiny_embed_job_runs_in_a_child_and_a_failure_says_why(tmp_path) -> None
     with pytest.raises(JobFailed, match="embed job failed"):
         run_in_child(broken)
     assert (tmp_path / "broken" / ERROR_NAME).exists() and not (tmp_path / "broken" / RESULT_NAME).exists()
+
+
+def test_a_child_of_pid_1_is_not_taken_for_an_orphan(tmp_path) -> None:
+    """In a container without an init, the process starting a job is pid 1: its child must still run."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux)")
+    code = ("import subprocess, sys; from active.engine.jobs import die_with_parent; "
+            "sys.exit(subprocess.Popen(['true'], preexec_fn=die_with_parent()).wait())")
+    probe = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot make a pid namespace here")
+    done = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=str(Path(__file__).resolve().parents[3]), timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from active.engine.labeling import record_label
-from active.engine.queue import label_source, strategy_evidence, suggest
+from active.engine.queue import batch_seed, label_source, strategy_evidence, suggest
 from active.engine.rounds import embed, train
 
 
@@ -66,3 +66,27 @@ def test_bald_suggests_after_a_probe_round(embedded) -> None:
         train(project, mode="probe", in_child=False, progress=False, n_bootstrap=10)
     batch = suggest(project, 4, strategy="bald", annotator="bea")
     assert len(batch) == 4 and set(batch["strategy"]) == {"bald"}
+
+
+def test_an_unsure_image_keeps_the_part_that_picked_it(embedded) -> None:
+    """Marked unsure, then labeled on its second read: the label still counts for the strategy that picked it
+    (hard images must not drop out of the evidence and the estimate)."""
+    project = embedded
+    labeled = set(project.db.current_labels()["image_id"])
+    queued = set(project.db.open_queue()["image_id"])
+    image_id = next(int(i) for i in project.db.images("pool")["id"] if int(i) not in labeled | queued)
+    project.db.add_to_queue([{"image_id": image_id, "annotator": "ann", "strategy": "auto:random", "model_round": 7}])
+    entry = project.db.open_queue("ann")
+    project.db.close_queue_entries([int(entry.loc[entry["image_id"] == image_id, "id"].iloc[0])], "unsure")
+    project.db.add_to_queue([{"image_id": image_id, "annotator": None, "strategy": "second-read"}])
+    record_label(project, image_id, project.classes[0], "bob")
+    row = project.db.label_origins().set_index("image_id").loc[image_id]
+    assert row["strategy"] == "auto:random" and row["model_round"] == 7
+
+
+def test_every_batch_draws_from_its_own_seed() -> None:
+    """A batch's seed follows the project's state, so the random share of successive batches is drawn afresh
+    (the app used to pass seed 0 to every batch) and a repeated call gives the same batch."""
+    seeds = {batch_seed(0, r, n) for r in (None, 3, 4) for n in (0, 10, 20)}
+    assert len(seeds) == 9
+    assert batch_seed(0, 3, 10) == batch_seed(0, 3, 10) != batch_seed(1, 3, 10)

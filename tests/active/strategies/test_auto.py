@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from active.strategies import QueryInputs, auto, choose_arm, select, typiclust
-from active.strategies.auto import CANDIDATES, random_count
+from active.strategies.auto import CANDIDATES, interleaved, random_count
 from store.errors import CxrAlError
 from tests.active.strategies.arrays import assert_well_formed, clustered, confident
 
@@ -17,7 +17,9 @@ def test_cold_start_is_typiclust_plus_a_random_share() -> None:
     batch = auto(cold, 10, seed=3)
     assert_well_formed(batch, cold, 10)
     assert list(batch.sources).count("random") == 2 and list(batch.sources).count("typiclust") == 8
-    np.testing.assert_array_equal(batch.indices[:8], typiclust(cold, 8, seed=3).indices)
+    from_arm = batch.indices[batch.sources == "typiclust"]
+    np.testing.assert_array_equal(from_arm, typiclust(cold, 8, seed=3).indices)  # in TypiClust's own order
+    assert list(np.flatnonzero(batch.sources == "random")) == [2, 7]  # spread through the batch, not last
     assert choose_arm(cold)[0] == "typiclust"
     assert choose_arm(QueryInputs(labeled=np.zeros(3, bool)))[0] == "random"
 
@@ -64,4 +66,21 @@ def test_auto_through_select_keeps_its_sources_and_its_random_share() -> None:
                                     "random": np.array([0.0, 0.01, 0.005])})
     batch = select("auto", inputs, 10, seed=2)
     assert_well_formed(batch, inputs, 10)
-    assert list(batch.sources) == ["typiclust"] * 8 + ["random"] * 2
+    assert sorted(batch.sources) == ["random"] * 2 + ["typiclust"] * 8
+
+
+@pytest.mark.parametrize(("n_first", "n_second"), [(8, 2), (3, 1), (1, 3), (5, 0), (0, 4), (13, 3)])
+def test_interleaved_keeps_each_group_in_order_and_spreads_the_second(n_first: int, n_second: int) -> None:
+    order = interleaved(n_first, n_second)
+    assert sorted(order) == list(range(n_first + n_second))
+    first, second = order[order < n_first], order[order >= n_first]
+    assert list(first) == sorted(first) and list(second) == sorted(second)
+    if n_first and n_second:
+        positions = np.flatnonzero(order >= n_first)
+        assert positions[-1] < n_first + n_second - 1 or n_second > n_first  # not all at the end
+        assert np.diff(positions).min(initial=n_first + n_second) >= (n_first + n_second) // n_second - 1
+
+
+def test_without_evidence_auto_says_so() -> None:
+    arm, why = choose_arm(_warm({}))
+    assert arm == "typiclust" and "no evidence yet" in why
