@@ -109,6 +109,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"  ... and {len(report.skipped) - 50} more (see `cxr-al status`)")
     for path, original in report.duplicates[:20]:
         print(f"  duplicate {path} (same content as {original})")
+    for path, warning in report.warnings[:50]:
+        print(f"  warning {path}: {warning}")
+    if len(report.warnings) > 50:
+        print(f"  ... and {len(report.warnings) - 50} more warnings (see --json)")
     return 0
 
 

@@ -241,3 +241,21 @@ def test_explain_writes_one_overlay_per_image_into_a_folder(quiet_run) -> None:
         assert (base / "cams" / f"image-{image_id}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     refused = quiet_run["explain_to_file"]
     assert refused.returncode == 2 and "give a folder" in refused.stderr and not (base / "cam.png").exists()
+
+
+def test_ingest_prints_what_it_skipped_and_repaired(tmp_path) -> None:
+    """A user sees, without --json, which files were skipped and which were repaired on decoding."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pixels = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    pixels[3, 4] = np.inf
+    Image.fromarray(pixels, "F").save(data / "one_inf.tiff")
+    (data / "broken.png").write_bytes(b"not a png")
+    cxr("init", "p", "--classes", "Normal,COVID-19", cwd=tmp_path)
+    out = cxr("ingest", "p", str(data), cwd=tmp_path).stdout
+    assert "added 1 images" in out
+    assert "skipped" in out and "broken.png" in out
+    assert "warning" in out and "one_inf.tiff" in out and "not finite" in out
