@@ -17,6 +17,8 @@ from store.errors import CxrAlError
 CONFIG_NAME = "project.yaml"
 DB_NAME = "project.duckdb"
 MAX_CLASSES = 20
+PRIVATE_DIR = 0o700  # the project holds password hashes and patient paths: owner only, whatever the umask
+PRIVATE_FILE = 0o600
 
 DEFAULT_ROUND_POLICY = {
     "train_every": 20,  # start a training round after this many new labels (0 = only on demand)
@@ -107,6 +109,7 @@ def write_config(path: Path, config: dict[str, Any]) -> None:
               "# round_policy.train_every: labels between automatic training rounds (0 = on demand only).\n")
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    tmp.chmod(PRIVATE_FILE)
     os.replace(tmp, path)
 
 
@@ -127,6 +130,7 @@ def init_project(root: Path | str, classes: list[str], *, image_size: int = 224,
     if not 16 <= int(image_size) <= 1024:
         raise CxrAlError("--image-size must be between 16 and 1024 pixels")
     root.mkdir(parents=True, exist_ok=True)
+    root.chmod(PRIVATE_DIR)
     config = {
         "name": name or root.resolve().name,
         "classes": classes,
@@ -139,6 +143,7 @@ def init_project(root: Path | str, classes: list[str], *, image_size: int = 224,
     }
     config = validate_config(config, str(root / CONFIG_NAME))
     ProjectDB(root / DB_NAME).create()
+    (root / DB_NAME).chmod(PRIVATE_FILE)
     write_config(root / CONFIG_NAME, config)
     return Project(root, config)
 

@@ -319,7 +319,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from active.delivery.demo import run_demo
+    from active.delivery.serve import check_exposure, tls_files
 
+    tls = None
+    if not args.no_serve:  # refuse a bad certificate or an exposed plain-HTTP address before the long preparation
+        tls = tls_files(args.tls_cert, args.tls_key)
+        check_exposure(args.host, tls, args.insecure_http, warn=False)
     with job_output_on_stderr() as results:  # the demo's steps on stdout, its jobs' progress on stderr
         info = run_demo(args.dir, n=args.n, seed=args.seed, epochs=args.epochs,
                         log=lambda line: print(line, file=results, flush=True))
@@ -329,13 +334,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print(f"sign in as {info['account']['name']!r} with password {info['account']['password']!r} "
           f"({info['account']['role']})", flush=True)
-    return serve(info["project_dir"], port=args.port, host=args.host)
+    return serve(info["project_dir"], port=args.port, host=args.host, tls=tls, insecure_http=args.insecure_http)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from active.delivery.serve import serve
+    from active.delivery.serve import serve, tls_files
 
-    return serve(args.project_dir, port=args.port, host=args.host, open_browser=args.open)
+    return serve(args.project_dir, port=args.port, host=args.host, open_browser=args.open,
+                 tls=tls_files(args.tls_cert, args.tls_key), insecure_http=args.insecure_http)
+
+
+def add_exposure_options(p: argparse.ArgumentParser) -> None:
+    """--tls-cert, --tls-key and --insecure-http of the commands that start the app server."""
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate: serve HTTPS (with --tls-key)")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="allow plain HTTP on a non-loopback --host (session ids and passwords cross the network "
+                        "in clear text)")
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
@@ -456,13 +471,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8501, help="port of the app (default 8501)")
     p.add_argument("--host", default="127.0.0.1", help="address the app listens on (default 127.0.0.1)")
     p.add_argument("--no-serve", action="store_true", help="prepare the project but do not start the app")
+    add_exposure_options(p)
 
     p = add("serve", cmd_serve, "Run the labeling app (Streamlit) for a project in the browser.")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
     p.add_argument("--port", type=int, default=8501, help="default 8501")
     p.add_argument("--host", default="127.0.0.1",
-                   help="default 127.0.0.1 (this machine only); 0.0.0.0 serves the network")
+                   help="default 127.0.0.1 (this machine only); 0.0.0.0 serves the network (needs TLS or "
+                        "--insecure-http)")
     p.add_argument("--open", action="store_true", help="open the app in the default browser")
+    add_exposure_options(p)
 
     p = sub.add_parser("user", help="Manage the accounts of a project.", description="Manage the accounts of a project.")
     users = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
@@ -621,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     # OpenMP's default busy-waiting slows torch down badly when other processes share the cores
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # files are created private (the database holds password hashes, exports hold patient paths); the app server
+    # and training children inherit this
+    os.umask(os.umask(0o077) | 0o077)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

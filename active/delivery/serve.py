@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -43,19 +45,73 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def server_command(port: int, host: str) -> list[str]:
-    """The `python -m streamlit run app.py` command line: headless, no usage stats, no file watcher."""
-    return [sys.executable, "-m", "streamlit", "run", str(APP_PATH),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--server.address", host, "--server.port", str(port),
-            "--server.fileWatcherType", "none", "--server.runOnSave", "false",
-            "--client.toolbarMode", "minimal"]
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach: 127.0.0.0/8, ::1 and localhost."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def private_umask() -> int:
+    """This process's umask with all group and other bits added: what the app server creates is the user's only."""
+    current = os.umask(0o077)
+    os.umask(current)
+    return current | 0o077
+
+
+def tls_files(tls_cert: Path | str | None, tls_key: Path | str | None) -> tuple[Path, Path] | None:
+    """The certificate and key paths, checked readable; None without TLS; CxrAlError when only one is given or
+    either cannot be read."""
+    if tls_cert is None and tls_key is None:
+        return None
+    if tls_cert is None or tls_key is None:
+        raise CxrAlError("TLS needs both --tls-cert FILE and --tls-key FILE")
+    paths = (Path(tls_cert).expanduser(), Path(tls_key).expanduser())
+    for option, path in zip(("--tls-cert", "--tls-key"), paths, strict=True):
+        try:
+            with open(path, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise CxrAlError(f"{option} {path}: cannot read it ({exc.strerror or exc})") from exc
+    return paths[0].resolve(), paths[1].resolve()
+
+
+def check_exposure(host: str, tls: tuple[Path, Path] | None, insecure_http: bool = False, *, warn: bool = True) -> None:
+    """Refuse plain HTTP on an address other machines can reach unless the user insists (then warn on stderr):
+    session ids and passwords would cross the network in clear text."""
+    if tls is not None or is_loopback(host):
+        return
+    if not insecure_http:
+        raise CxrAlError(f"refusing to serve plain HTTP on {host}: session ids and passwords would cross the network "
+                         "in clear text; give --tls-cert FILE --tls-key FILE, or --insecure-http to accept that")
+    if warn:
+        print(f"cxr-al: warning: serving plain HTTP on {host} (--insecure-http): session ids and passwords cross the "
+              "network in clear text", file=sys.stderr)
+
+
+def server_command(port: int, host: str, tls: tuple[Path, Path] | None = None) -> list[str]:
+    """The `python -m streamlit run app.py` command line: headless, no usage stats, no file watcher; HTTPS when
+    given a certificate and key."""
+    command = [sys.executable, "-m", "streamlit", "run", str(APP_PATH),
+               "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--server.address", host, "--server.port", str(port),
+               "--server.fileWatcherType", "none", "--server.runOnSave", "false",
+               "--client.toolbarMode", "minimal"]
+    if tls is not None:
+        command += ["--server.sslCertFile", str(tls[0]), "--server.sslKeyFile", str(tls[1])]
+    return command
 
 
 def start_server(project_dir: Path | str, *, port: int = 8501, host: str = "127.0.0.1",
-                 log: Path | None = None) -> subprocess.Popen:
-    """Check the project and the port, then start the app server in a child process and return it."""
+                 log: Path | None = None, tls: tuple[Path, Path] | None = None,
+                 insecure_http: bool = False) -> subprocess.Popen:
+    """Check the project, the exposure and the port, then start the app server in a child process and return it."""
     project = open_project(project_dir)  # CxrAlError when it is not a project
+    check_exposure(host, tls, insecure_http)
     if not 0 < int(port) < 65536:
         raise CxrAlError(f"--port must be between 1 and 65535, got {port}")
     if not port_is_free(host, int(port)):
@@ -63,9 +119,10 @@ def start_server(project_dir: Path | str, *, port: int = 8501, host: str = "127.
     env = {**os.environ, PROJECT_ENV: str(project.root.resolve()), "OMP_WAIT_POLICY": "PASSIVE"}
     out = open(log, "ab") if log is not None else None  # noqa: SIM115  (the child keeps it open)
     try:
-        return subprocess.Popen(server_command(int(port), host), cwd=str(APP_PATH.parent), env=env,
+        return subprocess.Popen(server_command(int(port), host, tls), cwd=str(APP_PATH.parent), env=env,
                                 stdout=out, stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
-                                preexec_fn=die_with_parent())  # kill -9 of serve takes the app server with it
+                                preexec_fn=die_with_parent(),  # kill -9 of serve takes the app server with it
+                                umask=private_umask())  # its exports and artifacts are private to the user
     finally:
         if out is not None:
             out.close()
@@ -75,11 +132,13 @@ def wait_until_ready(url: str, proc: subprocess.Popen | None = None, timeout: fl
     """Poll the server's health endpoint until it answers; CxrAlError when it exits or times out."""
     deadline = time.monotonic() + timeout
     health = url.rstrip("/") + "/_stcore/health"
+    # the local probe only asks "is it up?": a self-signed certificate is fine here, browsers still verify
+    context = ssl._create_unverified_context() if health.startswith("https:") else None  # noqa: S323
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise CxrAlError(f"the app server stopped with exit code {proc.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(health, timeout=2) as reply:
+            with urllib.request.urlopen(health, timeout=2, context=context) as reply:
                 if reply.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -105,17 +164,19 @@ def forwarding_signals(proc: subprocess.Popen) -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def serve(project_dir: Path | str, port: int = 8501, host: str = "127.0.0.1", open_browser: bool = False) -> int:
-    """Run the labeling app for a project at http://host:port until it stops (Ctrl-C, SIGTERM: passed on to the
+def serve(project_dir: Path | str, port: int = 8501, host: str = "127.0.0.1", open_browser: bool = False, *,
+          tls: tuple[Path, Path] | None = None, insecure_http: bool = False) -> int:
+    """Run the labeling app for a project at http(s)://host:port until it stops (Ctrl-C, SIGTERM: passed on to the
     server, and this returns only once it has exited); returns its exit code."""
-    proc = start_server(project_dir, port=port, host=host)
+    proc = start_server(project_dir, port=port, host=host, tls=tls, insecure_http=insecure_http)
     with forwarding_signals(proc):
-        return _wait_for(proc, project_dir, port, host, open_browser)
+        return _wait_for(proc, project_dir, port, host, open_browser, "https" if tls else "http")
 
 
-def _wait_for(proc: subprocess.Popen, project_dir: Path | str, port: int, host: str, open_browser: bool) -> int:
+def _wait_for(proc: subprocess.Popen, project_dir: Path | str, port: int, host: str, open_browser: bool,
+              scheme: str = "http") -> int:
     """Wait until the server answers, say where, then until it exits; it never outlives this call."""
-    url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0', '::') else host}:{port}"
+    url = f"{scheme}://{'localhost' if host in ('127.0.0.1', '0.0.0.0', '::') else host}:{port}"
     try:
         try:
             wait_until_ready(url, proc)

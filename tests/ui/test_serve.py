@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -13,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from active.delivery.serve import free_port
+from active.delivery.cli import build_parser
+from active.delivery.serve import check_exposure, free_port, is_loopback
 from active.views.accounts import authenticate
 from store.project import open_project
 
@@ -22,10 +25,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
+    context = ssl._create_unverified_context() if url.startswith("https:") else None  # a self-signed test certificate
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read()
         try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as reply:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2, context=context) as reply:
                 if reply.status == 200:
                     return
         except OSError:
@@ -108,3 +112,89 @@ def test_serve_takes_the_app_server_down_with_it(ui_project, sig) -> None:
             proc.kill()
         for pid in _streamlit_processes(port):
             os.kill(pid, signal.SIGKILL)
+
+
+def run_serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "active.delivery.cli", "serve", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 and its key, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a self-signed certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-days",
+                    "1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_serve_with_a_certificate_answers_over_https(tmp_path, ui_project) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "active.delivery.cli", "serve", str(ui_project.root), "--port",
+                             str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_health(f"https://127.0.0.1:{port}", proc)
+        with pytest.raises(OSError):  # plain HTTP is not answered on the TLS port
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5).read()
+        seen = []  # serve's own probe (https, self-signed) gets through too: it says where it serves
+        for line in proc.stdout:
+            seen.append(line)
+            if "CXR-AL is serving" in line:
+                break
+        assert f"at https://localhost:{port}" in seen[-1], "".join(seen)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _streamlit_processes(port):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_refuses_unreadable_tls_files_before_starting(tmp_path, ui_project) -> None:
+    cert, key = tmp_path / "missing-cert.pem", tmp_path / "missing-key.pem"
+    missing = run_serve(str(ui_project.root), "--tls-cert", str(cert), "--tls-key", str(key))
+    assert missing.returncode == 2 and "--tls-cert" in missing.stderr and "cannot read" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
+    cert.write_text("x")
+    half = run_serve(str(ui_project.root), "--tls-cert", str(cert))
+    assert half.returncode == 2 and "both --tls-cert FILE and --tls-key FILE" in half.stderr
+
+
+def test_serve_refuses_plain_http_on_the_network(ui_project) -> None:
+    """Fails before binding anything: the reason, exit 2, no traceback."""
+    exposed = run_serve(str(ui_project.root), "--host", "0.0.0.0", "--port", str(free_port()))
+    assert exposed.returncode == 2 and "Traceback" not in exposed.stderr
+    assert "refusing to serve plain HTTP on 0.0.0.0" in exposed.stderr and "clear text" in exposed.stderr
+    assert "--insecure-http" in exposed.stderr and len(exposed.stderr.strip().splitlines()) == 1
+
+
+def test_demo_refuses_plain_http_on_the_network_before_preparing(tmp_path) -> None:
+    demo = subprocess.run([sys.executable, "-m", "active.delivery.cli", "demo", "--dir", str(tmp_path / "demo"),
+                           "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert demo.returncode == 2 and "refusing to serve plain HTTP" in demo.stderr
+    assert not (tmp_path / "demo").exists()  # nothing prepared
+
+
+def test_insecure_http_is_accepted_with_a_warning(capsys) -> None:
+    check_exposure("0.0.0.0", None, insecure_http=True)
+    assert "warning: serving plain HTTP on 0.0.0.0" in capsys.readouterr().err
+    check_exposure("192.168.1.5", (Path("c.pem"), Path("k.pem")))  # TLS: no question asked
+    check_exposure("127.0.0.2", None)  # loopback: nothing to say
+    assert capsys.readouterr().err == ""
+    for command in ("serve", "demo"):
+        args = build_parser().parse_args([command, *(["p"] if command == "serve" else []), "--host", "0.0.0.0",
+                                          "--insecure-http", "--tls-cert", "c.pem", "--tls-key", "k.pem"])
+        assert args.insecure_http and args.tls_cert == Path("c.pem") and args.tls_key == Path("k.pem")
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.8.9.10", True), ("localhost", True),
+                                                ("::1", True), ("[::1]", True), ("0.0.0.0", False), ("::", False),
+                                                ("10.0.0.4", False), ("example.org", False)])
+def test_loopback_addresses(host, loopback) -> None:
+    assert is_loopback(host) is loopback
