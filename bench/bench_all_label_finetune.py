@@ -22,7 +22,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from active.engine.simulate import _score, finetune_outputs, finetune_recipe, load_simulation_data
+    from active.engine.simulate import (
+        _score,
+        finetune_outputs,
+        finetune_recipe,
+        load_simulation_data,
+    )
     from store.project import open_project
 
     project = open_project(args.project)
