@@ -124,8 +124,9 @@ def main() -> None:
                                                  "typiclust,probcover,badge,hybrid")
     args = parser.parse_args()
 
-    from active.engine.simulate import simulate
     from bench_real_data import machine
+
+    from active.engine.simulate import simulate
     from store.project import open_project
 
     all_results = {"machine": machine(), "args": vars(args)}
