@@ -84,3 +84,19 @@ def ingested_project(project, phantom_dir):
     ingest_folder(project.db, phantom_dir / "images", project.classes, labels_from="folders",
                   labels_as="oracle", test_fraction=0.2, seed=0)
     return project
+
+
+def embedded_phantom_project(root: Path, *, seed: int, test_fraction: float):
+    """120 phantoms with clear findings at 32 px, ground truth hidden as oracle labels, embedded by an
+    un-pretrained backbone (fast): a project ready for suggest and probe rounds."""
+    from active.engine.rounds import embed
+    from store.ingest import ingest_folder
+    from store.phantoms import PHANTOM_CLASSES, write_phantom_dataset
+    from store.project import init_project
+
+    data = write_phantom_dataset(root / "data", n=120, seed=seed, size=32, lesion_strength=(1.5, 3.0))
+    project = init_project(root / "project", list(PHANTOM_CLASSES), image_size=32)
+    ingest_folder(project.db, data / "images", project.classes, labels_from="folders", test_fraction=test_fraction,
+                  seed=0)
+    embed(project, init="random", in_child=False, progress=False)
+    return project

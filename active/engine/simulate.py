@@ -323,7 +323,8 @@ def simulate(project: Project, out_dir: Path | str, *, strategies: Sequence[str]
     points = []
     for seed in range(seeds):
         for strategy in strategies:
-            points += run_strategy(data, strategy, seed, initial, step, budget, on_point=progress, fit=fit)
+            points += run_strategy(data, strategy, seed, initial, step, budget, on_point=progress, fit=fit,
+                                   random_share=float(project.round_policy["random_share"]))
     curves = pd.DataFrame(points)
     curves.to_csv(out / "curves.csv", index=False)
     summary = summarise(curves, full, metric)

@@ -17,10 +17,10 @@ import pandas as pd
 
 from active.engine.queue import label_source
 from active.engine.rounds import current_rounds
+from active.strategies.auto import RANDOM_ARM
 from models.metrics import classification_metrics
 from store.project import Project
 
-RANDOM_SOURCE = "random"
 N_BOOTSTRAP = 500
 HARDER = "active picks are harder than random ones: the model is learning from informative images"
 NO_GAIN = "no measurable gain over random yet"
@@ -64,21 +64,18 @@ def efficiency(project: Project, *, seed: int = 0) -> dict[str, Any]:
         picks = origins[origins["model_round"].astype(int) == int(r.id)]
         test_auc = r.metrics.get("macro_auc") if r.params.get("n_test") else None  # no test split: no test metric
         row: dict[str, Any] = {"round_id": int(r.id), "n_train": r.metrics.get("n_train"), "test_macro_auc": test_auc}
-        if picks.empty:
-            row |= {"random": _scored(np.zeros(0, int), np.zeros((0, len(classes))), classes, positive, seed),
-                    "active": _scored(np.zeros(0, int), np.zeros((0, len(classes))), classes, positive, seed)}
-        else:
-            preds = project.db.predictions(int(r.id), picks["image_id"].astype(int).tolist())
-            probs_by_id = dict(zip(preds["image_id"].astype(int), preds["probs"], strict=True))
-            picks = picks[picks["image_id"].astype(int).isin(probs_by_id)]
-            for part, mask in (("random", picks["source"] == RANDOM_SOURCE), ("active", picks["source"] != RANDOM_SOURCE)):
-                sub = picks[mask]
-                y = sub["label"].map(index).to_numpy(np.int64)
-                probs = (np.stack([np.asarray(probs_by_id[int(i)], np.float64) for i in sub["image_id"]])
-                         if len(sub) else np.zeros((0, len(classes))))
-                row[part] = _scored(y, probs, classes, positive, seed)
-                pooled[part][0].append(y)
-                pooled[part][1].append(probs)
+        preds = (project.db.predictions(int(r.id), picks["image_id"].astype(int).tolist()) if len(picks)
+                 else pd.DataFrame(columns=["image_id", "probs"]))
+        probs_by_id = dict(zip(preds["image_id"].astype(int), preds["probs"], strict=True))
+        picks = picks[picks["image_id"].astype(int).isin(probs_by_id)]
+        for part, mask in (("random", picks["source"] == RANDOM_ARM), ("active", picks["source"] != RANDOM_ARM)):
+            sub = picks[mask]
+            y = sub["label"].map(index).to_numpy(np.int64)
+            probs = (np.stack([np.asarray(probs_by_id[int(i)], np.float64) for i in sub["image_id"]])
+                     if len(sub) else np.zeros((0, len(classes))))
+            row[part] = _scored(y, probs, classes, positive, seed)
+            pooled[part][0].append(y)
+            pooled[part][1].append(probs)
         row["sentence"] = verdict(row["random"], row["active"])
         per_round.append(row)
     overall = {part: _scored(np.concatenate(ys) if ys else np.zeros(0, int),

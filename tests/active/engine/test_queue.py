@@ -6,22 +6,14 @@ import pytest
 
 from active.engine.labeling import record_label
 from active.engine.queue import batch_seed, label_source, strategy_evidence, suggest
-from active.engine.rounds import embed, train
+from active.engine.rounds import train
+from tests.conftest import embedded_phantom_project
 
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
     """A phantom project embedded by an un-pretrained backbone (fast), ground truth hidden as oracle labels."""
-    from store.ingest import ingest_folder
-    from store.phantoms import PHANTOM_CLASSES, write_phantom_dataset
-    from store.project import init_project
-
-    root = tmp_path_factory.mktemp("queue")
-    data = write_phantom_dataset(root / "data", n=120, seed=3, size=32, lesion_strength=(1.5, 3.0))
-    project = init_project(root / "project", list(PHANTOM_CLASSES), image_size=32)
-    ingest_folder(project.db, data / "images", project.classes, labels_from="folders", test_fraction=0.2, seed=0)
-    embed(project, init="random", in_child=False, progress=False)
-    return project
+    return embedded_phantom_project(tmp_path_factory.mktemp("queue"), seed=3, test_fraction=0.2)
 
 
 def test_auto_batches_record_their_parts_and_feed_the_evidence(embedded) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from active.views.efficiency import HARDER, NO_GAIN, TOO_FEW, efficiency, verdict
-from store.project import init_project
+from tests.conftest import embedded_phantom_project
 
 CLASSES = ["COVID-19", "Normal"]
 
@@ -16,15 +16,9 @@ def project_after_rounds(tmp_path_factory):
     """Phantoms without a test split; a probe round, then three auto batches labeled with the hidden truth."""
     from active.engine.labeling import record_label
     from active.engine.queue import suggest
-    from active.engine.rounds import embed, train
-    from store.ingest import ingest_folder
-    from store.phantoms import PHANTOM_CLASSES, write_phantom_dataset
+    from active.engine.rounds import train
 
-    root = tmp_path_factory.mktemp("eff")
-    data = write_phantom_dataset(root / "data", n=120, seed=4, size=32, lesion_strength=(1.5, 3.0))
-    project = init_project(root / "project", list(PHANTOM_CLASSES), image_size=32)
-    ingest_folder(project.db, data / "images", project.classes, labels_from="folders", test_fraction=0.0, seed=0)
-    embed(project, init="random", in_child=False, progress=False)
+    project = embedded_phantom_project(tmp_path_factory.mktemp("eff"), seed=4, test_fraction=0.0)
     oracle = dict(zip(project.db.oracle_labels()["image_id"], project.db.oracle_labels()["label"], strict=True))
     for seed in range(4):
         if seed == 1:
