@@ -24,7 +24,7 @@ import pandas as pd
 
 from store.errors import CxrAlError, ProjectBusyError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_BUSY_TIMEOUT_S = 15.0
 
 # Forward migrations: MIGRATIONS[v] takes a database at version v-1 to version v.
@@ -104,6 +104,16 @@ MIGRATIONS: dict[int, list[str]] = {
 
 # v2 changes no table: it rewrites recorded artifact paths relative to the project root (_relative_paths).
 MIGRATIONS[2] = []
+
+# v3: who and what an image belongs to. patient_key is a keyed pseudonym of the patient (never the raw
+# PatientID: see ProjectDB.secret); study/series/SOP instance UIDs are kept as read, for PACS round trips.
+MIGRATIONS[3] = [
+    "ALTER TABLE images ADD COLUMN IF NOT EXISTS patient_key VARCHAR",
+    "ALTER TABLE images ADD COLUMN IF NOT EXISTS study_uid VARCHAR",
+    "ALTER TABLE images ADD COLUMN IF NOT EXISTS series_uid VARCHAR",
+    "ALTER TABLE images ADD COLUMN IF NOT EXISTS sop_uid VARCHAR",
+]
+IMAGE_IDENTIFIER_COLUMNS = ("patient_key", "study_uid", "series_uid", "sop_uid")
 
 
 def relative_artifact_path(recorded: str | None, root: Path) -> str | None:
@@ -259,6 +269,20 @@ class ProjectDB:
         con.execute("INSERT INTO events (logged_at, actor, kind, payload) VALUES (?, ?, ?, ?)",
                     [utcnow(), actor, kind, json.dumps(payload, default=str)])
 
+    def secret(self, name: str) -> bytes:
+        """A random 32-byte project secret kept in the database under a name (created on first use): the key
+        for pseudonyms of patient identifiers and for hashing unknown sign-in names, so they cannot be
+        reversed by guessing without the project file."""
+        key = f"secret:{name}"
+        with self.read() as con:
+            row = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        if row is not None:
+            return bytes.fromhex(row[0])
+        with self.write() as con:
+            con.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", [key, os.urandom(32).hex()])
+            (value,) = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return bytes.fromhex(value)
+
     def log_event(self, kind: str, actor: str | None = None, **payload: Any) -> None:
         """Append one entry to the event log (sign-ins, exports, configuration changes ...)."""
         with self.write() as con:
@@ -326,10 +350,11 @@ class ProjectDB:
         ids: dict[str, int] = {}
         for r in rows:
             (image_id,) = con.execute(
-                """INSERT INTO images (path, sha256, size_bytes, width, height, format, modality, split, added_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+                """INSERT INTO images (path, sha256, size_bytes, width, height, format, modality, split, added_at,
+                                        patient_key, study_uid, series_uid, sop_uid)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id""",
                 [r["path"], r["sha256"], r["size_bytes"], r["width"], r["height"], r["format"],
-                 r["modality"], r["split"], now]).fetchone()
+                 r["modality"], r["split"], now] + [r.get(c) for c in IMAGE_IDENTIFIER_COLUMNS]).fetchone()
             ids[r["path"]] = int(image_id)
         if oracle:
             con.executemany("INSERT INTO oracle VALUES (?, ?)", [(ids[p], lab) for p, lab in oracle])

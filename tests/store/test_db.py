@@ -178,3 +178,19 @@ def test_open_project_migrates_recorded_paths_to_the_project_root(tmp_path) -> N
                         "/elsewhere/model.pt"]  # outside the project: kept as it was
     reopened.db.fail_round(ids[2], "gone")
     assert Path(latest_round(reopened, "pretrain")["checkpoint"]).read_bytes() == b"weights"
+
+
+def test_v3_image_identifiers_and_project_secret(project) -> None:
+    ids = project.db.add_images([{"path": "a.png", "sha256": "h1", "size_bytes": 1, "width": 2, "height": 2,
+                                  "format": "png", "modality": None, "split": "pool", "patient_key": "p1",
+                                  "study_uid": "1.2.3", "series_uid": "1.2.3.4", "sop_uid": "1.2.3.4.5"},
+                                 {"path": "b.png", "sha256": "h2", "size_bytes": 1, "width": 2, "height": 2,
+                                  "format": "png", "modality": None, "split": "pool"}])
+    rows = project.db.images().set_index("path")
+    assert rows.loc["a.png", ["patient_key", "study_uid", "series_uid", "sop_uid"]].tolist() == [
+        "p1", "1.2.3", "1.2.3.4", "1.2.3.4.5"]
+    assert rows.loc["b.png", ["patient_key", "sop_uid"]].isna().all()
+    assert len(ids) == 2
+    first = project.db.secret("pseudonym")
+    assert len(first) == 32 and project.db.secret("pseudonym") == first  # created once, then kept
+    assert project.db.secret("signin") != first
