@@ -95,12 +95,14 @@ def check_exposure(host: str, tls: tuple[Path, Path] | None, insecure_http: bool
 
 def server_command(port: int, host: str, tls: tuple[Path, Path] | None = None) -> list[str]:
     """The `python -m streamlit run app.py` command line: headless, no usage stats, no file watcher; HTTPS when
-    given a certificate and key."""
+    given a certificate and key. Streamlit's full garbage collection after every script run is off: with torch
+    and pandas loaded it cost a third of the server's CPU per key press (py-spy, bench/bench_annotators.py);
+    Python's own generational collector still runs."""
     command = [sys.executable, "-m", "streamlit", "run", str(APP_PATH),
                "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--server.address", host, "--server.port", str(port),
                "--server.fileWatcherType", "none", "--server.runOnSave", "false",
-               "--client.toolbarMode", "minimal"]
+               "--client.toolbarMode", "minimal", "--runner.postScriptGC", "false"]
     if tls is not None:
         command += ["--server.sslCertFile", str(tls[0]), "--server.sslKeyFile", str(tls[1])]
     return command

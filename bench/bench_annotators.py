@@ -1,0 +1,214 @@
+"""Benchmark: K annotators labeling at once against one `cxr-al serve` (issue 13, load).
+
+    .venv/bin/python bench/bench_annotators.py --annotators 8 --labels 20
+    .venv/bin/python bench/bench_annotators.py --annotators 1,4,8 --think-ms 2000
+
+A phantom project (512 px images, a queue of suggestions) is served the way `cxr-al serve` does. Each
+annotator is its own process (its own headless Chromium, in its own process group, so the browsers' CPU is
+never counted as the server's): it signs in, waits at a barrier until every annotator shows an image, then
+presses a class key per image, waiting `--think-ms` before each (a reader looks at the image first).
+Latency: key press to a different image shown with its pixels decoded. Server CPU: user + system time of
+the server process (and its children) over the labeling window, divided by the labels saved. RSS: the
+server's resident memory before the browsers start, at the end of labeling, and after every browser has
+closed and Streamlit's disconnected-session TTL has passed. Every label is checked in the database, and no
+queue entry stays claimed by an annotator whose browser is gone (after the session expiry the server
+returns claims to the queue). Full numbers go to bench/results/annotators.json.
+Targets (issue 13): p95 under 1 s and server CPU per label under 0.1 s with eight annotators.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "ui")]
+
+PASSWORD = "annotator-secret-1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, int(round(q / 100 * (len(ordered) - 1)))))
+    return ordered[k]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its waited-for children (/proc/PID/stat fields 14-17)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def server_pids(proc: subprocess.Popen) -> list[int]:
+    """The server process and its descendants (serve may run Streamlit as a child)."""
+    pids, frontier = [proc.pid], [proc.pid]
+    while frontier:
+        parent = frontier.pop()
+        children = Path(f"/proc/{parent}/task/{parent}/children")
+        found = [int(p) for p in children.read_text().split()] if children.exists() else []
+        pids += found
+        frontier += found
+    return pids
+
+
+def worker(args: argparse.Namespace) -> int:
+    """One annotator: sign in, wait for the go file, label, print latencies as JSON."""
+    from browser_steps import press, shown_image_id, sign_in, wait_for_other_image
+    from conftest import CHROMIUM, CHROMIUM_ARGS
+    from playwright.sync_api import sync_playwright
+
+    latencies: list[float] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_context(viewport={"width": 1400, "height": 950}).new_page()
+        page.set_default_timeout(120_000)
+        sign_in(page, args.url, args.user, PASSWORD)
+        image_id = shown_image_id(page)
+        Path(args.ready).touch()
+        while not Path(args.go).exists():
+            time.sleep(0.05)
+        for k in range(args.labels):
+            if args.think_ms:
+                page.wait_for_timeout(args.think_ms)
+            t0 = time.perf_counter()
+            press(page, str(k % args.n_classes + 1))
+            image_id = wait_for_other_image(page, image_id)
+            latencies.append((time.perf_counter() - t0) * 1000)
+        browser.close()
+    print(json.dumps({"user": args.user, "latencies_ms": latencies}))
+    return 0
+
+
+def run_level(k: int, args: argparse.Namespace) -> dict:
+    """K annotators at once on a fresh project and server; returns the measured numbers."""
+    from active.delivery.serve import free_port, start_server, wait_until_ready
+    from active.views.accounts import add_user
+    from conftest import make_labeling_project
+
+    with tempfile.TemporaryDirectory(prefix="cxr-al-annotators-") as tmp:
+        tmp_path = Path(tmp)
+        n_images = k * (args.labels + 4)
+        project = make_labeling_project(tmp_path, n=int(n_images / 0.8) + 8, size=args.size, queued=n_images)
+        users = [f"reader{j + 1}" for j in range(k)]
+        for user in users:
+            add_user(project, user, "annotator", PASSWORD)
+        port = free_port()
+        proc = start_server(project.root, port=port, log=tmp_path / "server.log")
+        url = f"http://127.0.0.1:{port}"
+        workers: list[subprocess.Popen] = []
+        try:
+            wait_until_ready(url, proc, timeout=90)
+            pids = server_pids(proc)
+            rss_start = sum(rss_mb(p) for p in pids)
+            go = tmp_path / "go"
+            for user in users:
+                cmd = [sys.executable, __file__, "--worker", "--url", url, "--user", user,
+                       "--labels", str(args.labels), "--think-ms", str(args.think_ms),
+                       "--n-classes", str(len(project.classes)), "--ready", str(tmp_path / f"{user}.ready"),
+                       "--go", str(go)]
+                workers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True,
+                                                env={**os.environ, "OMP_NUM_THREADS": "1"}))
+            deadline = time.monotonic() + 300
+            while not all((tmp_path / f"{u}.ready").exists() for u in users):
+                if time.monotonic() > deadline or any(w.poll() not in (None, 0) for w in workers):
+                    raise RuntimeError("an annotator could not sign in; see the server log " + str(tmp_path))
+                time.sleep(0.1)
+            pids = server_pids(proc)
+            spy = None
+            if args.py_spy:  # where the server's CPU goes, as collapsed stacks (flame-graph input)
+                spy = subprocess.Popen([args.py_spy, "record", "--pid", str(proc.pid), "--subprocesses",
+                                        "--format", "raw", "--rate", "50", "-o", str(args.out.with_suffix(f".k{k}.stacks"))],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)
+            cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.perf_counter()
+            go.touch()
+            outputs = [w.communicate(timeout=1800)[0] for w in workers]
+            wall = time.perf_counter() - t0
+            pids = server_pids(proc)
+            cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+            rss_end = sum(rss_mb(p) for p in pids)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=60)
+            time.sleep(args.settle_s)  # sessions of closed browsers are dropped after Streamlit's TTL
+            rss_after = sum(rss_mb(p) for p in server_pids(proc))
+        finally:
+            for w in workers:
+                if w.poll() is None:
+                    os.killpg(w.pid, signal.SIGKILL)
+            proc.terminate()
+            proc.wait(timeout=30)
+        per_user = [json.loads(line) for out in outputs for line in out.splitlines() if line.startswith("{")]
+        latencies = [v for u in per_user for v in u["latencies_ms"]]
+        labels = project.db.current_labels()
+        saved = int(labels["annotator"].isin(users).sum())
+        assert saved == k * args.labels, f"{saved} labels saved, {k * args.labels} pressed"
+        queue = project.db.open_queue()
+        still_claimed = int(queue["annotator"].isin(users).sum()) if not queue.empty else 0
+    return {"annotators": k, "labels": len(latencies), "think_ms": args.think_ms, "image_size": args.size,
+            "median_ms": statistics.median(latencies), "p95_ms": percentile(latencies, 95), "max_ms": max(latencies),
+            "server_cpu_s": cpu, "server_cpu_per_label_s": cpu / max(1, saved), "wall_s": wall,
+            "labels_per_s": saved / wall, "rss_start_mb": rss_start, "rss_end_mb": rss_end,
+            "rss_after_close_mb": rss_after, "claims_left_after_close": still_claimed, "latencies_ms": latencies}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--annotators", default="8", help="comma-separated numbers of annotators, one run each")
+    parser.add_argument("--labels", type=int, default=20, help="labels per annotator")
+    parser.add_argument("--think-ms", type=int, default=0, help="time each annotator looks before pressing")
+    parser.add_argument("--size", type=int, default=512, help="phantom image side in pixels")
+    parser.add_argument("--settle-s", type=float, default=5.0, help="wait after the browsers close before RSS")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "annotators.json")
+    parser.add_argument("--py-spy", default=None, help="path of a py-spy binary: record the server's stacks")
+    # worker mode (one annotator), started by the benchmark itself
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--user", help=argparse.SUPPRESS)
+    parser.add_argument("--n-classes", type=int, default=4, help=argparse.SUPPRESS)
+    parser.add_argument("--ready", help=argparse.SUPPRESS)
+    parser.add_argument("--go", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    levels = [int(v) for v in args.annotators.split(",")]
+    results = [run_level(k, args) for k in levels]
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+               "load_avg": os.getloadavg()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"results": results, "machine": machine}, indent=2))
+    print(f"{'K':>3} {'labels':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'CPU s/label':>12} {'labels/s':>9} "
+          f"{'RSS MB start/end/after':>24} {'claims left':>12}")
+    for r in results:
+        print(f"{r['annotators']:>3} {r['labels']:>7} {r['median_ms']:>8.0f} {r['p95_ms']:>8.0f} {r['max_ms']:>8.0f} "
+              f"{r['server_cpu_per_label_s']:>12.3f} {r['labels_per_s']:>9.2f} "
+              f"{r['rss_start_mb']:>8.0f}/{r['rss_end_mb']:.0f}/{r['rss_after_close_mb']:.0f} "
+              f"{r['claims_left_after_close']:>12}")
+    eight = [r for r in results if r["annotators"] >= 8]
+    for r in eight:
+        ok = r["p95_ms"] < 1000 and r["server_cpu_per_label_s"] < 0.1
+        print(f"K={r['annotators']}: targets p95 < 1000 ms and CPU/label < 0.1 s {'met' if ok else 'NOT met'}")
+    print(f"full numbers in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
