@@ -300,6 +300,12 @@ class ProjectDB:
             rows = con.execute("SELECT path, sha256 FROM images").fetchall()
         return {r[0] for r in rows}, {r[1] for r in rows}
 
+    def known_sop_uids(self) -> set[str]:
+        """SOP Instance UIDs of the DICOM images already in the project, so a PACS ingest fetches each once."""
+        with self.read() as con:
+            rows = con.execute("SELECT sop_uid FROM images WHERE sop_uid IS NOT NULL").fetchall()
+        return {r[0] for r in rows}
+
     def add_images(self, rows: Sequence[dict[str, Any]], oracle: Sequence[tuple[str, str]] = (),
                    labels: Sequence[tuple[str, str]] = (), skipped: Sequence[tuple[str, str]] = ()) -> dict[str, int]:
         """Insert images (dicts with path, sha256, size_bytes, width, height, format, modality, split),

@@ -11,9 +11,12 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from store.errors import CxrAlError
+
+if TYPE_CHECKING:
+    from store.ingest import IngestReport
 
 EXIT_USER_ERROR = 2
 
@@ -86,6 +89,15 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from active.engine.project import ingest, open_project
 
+    if args.dicomweb is not None:
+        return _ingest_dicomweb(args)
+    if args.images_dir is None:
+        raise CxrAlError("give IMAGES_DIR or --dicomweb URL (a PACS's DICOMweb service) to ingest from")
+    given = [o for o, v in [("--study", args.study), ("--since", args.since), ("--modality", args.modality),
+                            ("--dicomweb-user", args.dicomweb_user),
+                            ("--dicomweb-password-stdin", args.dicomweb_password_stdin)] if v]
+    if given:
+        raise CxrAlError(f"{', '.join(given)}: only with --dicomweb URL")
     project = open_project(args.project_dir)
     with progress_bar("ingest") as (advance, set_total):
         report = ingest(project, args.images_dir, labels_from=args.labels_from, labels_as=args.labels_as,
@@ -94,11 +106,53 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.as_dict())
         return 0
+    _print_ingest_report(report, args.labels_as)
+    return 0
+
+
+def _ingest_dicomweb(args: argparse.Namespace) -> int:
+    """`ingest PROJECT --dicomweb URL`: fetch the new instances of a PACS into the project and ingest them."""
+    from active.engine.project import open_project
+    from store.dicomweb import DEFAULT_MODALITIES, PASSWORD_ENV, ingest_dicomweb
+
+    if args.images_dir is not None:
+        raise CxrAlError("give IMAGES_DIR or --dicomweb URL, not both")
+    folder_only = [o for o, v in [("--labels-from", args.labels_from), ("--test-fraction", args.test_fraction),
+                                  ("--follow-links", args.follow_links)] if v]
+    if folder_only:
+        raise CxrAlError(f"{', '.join(folder_only)}: only with IMAGES_DIR (a PACS ingest brings images without labels)")
+    password = None
+    if args.dicomweb_user is not None:
+        password = sys.stdin.readline().rstrip("\r\n") if args.dicomweb_password_stdin else os.environ.get(PASSWORD_ENV)
+    modalities = DEFAULT_MODALITIES if args.modality is None else (
+        None if args.modality.strip().lower() == "any" else [m.strip() for m in args.modality.split(",") if m.strip()])
+    project = open_project(args.project_dir)
+    with progress_bar("fetch") as (fetched, set_fetch_total), progress_bar("ingest") as (advance, set_total):
+        report = ingest_dicomweb(project.db, project.root, args.dicomweb, project.classes, studies=args.study or (),
+                                 since=args.since, modalities=modalities, user=args.dicomweb_user, password=password,
+                                 fetch_progress=fetched, on_fetch_total=set_fetch_total, progress=advance,
+                                 on_total=set_total)
+    if args.json:
+        _print_json(report.as_dict())
+        return 0
+    print(f"fetched {report.fetched} instances from {report.url} ({report.studies} studies, {report.found} "
+          f"instances found, {report.already_here} already in the project, {report.other_modality} of other "
+          f"modalities left on the server, {len(report.refused)} refused)")
+    for uid in report.studies_not_found:
+        print(f"  study {uid} not found on the server")
+    for what, reason in report.refused[:50]:
+        print(f"  refused {what}: {reason}")
+    if report.ingest is not None:
+        _print_ingest_report(report.ingest, "oracle")
+    return 0
+
+
+def _print_ingest_report(report: IngestReport, labels_as: str) -> None:
     print(f"added {report.added} images ({report.test} to the test split), "
           f"{report.already_known} already in the project, {len(report.duplicates)} duplicates, "
           f"{len(report.skipped)} skipped")
     if report.labeled:
-        kind = "ground-truth (oracle)" if args.labels_as == "oracle" else "imported"
+        kind = "ground-truth (oracle)" if labels_as == "oracle" else "imported"
         per_class = ", ".join(f"{k} {v}" for k, v in report.per_class.items())
         print(f"{report.labeled} {kind} labels: {per_class}")
     if report.labels_without_image:
@@ -113,7 +167,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"  warning {path}: {warning}")
     if len(report.warnings) > 50:
         print(f"  ... and {len(report.warnings) - 50} more warnings (see --json)")
-    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -513,9 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_choice(p, "--backbone", BACKBONE_CHOICES, "BACKBONE", default="resnet18", help_text="default resnet18")
     p.add_argument("--positive-class", default=None, help="class of interest for sensitivity/specificity/HM")
 
-    p = add("ingest", cmd_ingest, "Add a folder of images (PNG, JPEG, BMP, TIFF, DICOM) to a project.")
+    p = add("ingest", cmd_ingest, "Add a folder of images (PNG, JPEG, BMP, TIFF, DICOM), or the radiographs of a "
+                                  "PACS over DICOMweb (--dicomweb), to a project.")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
-    p.add_argument("images_dir", type=Path, metavar="IMAGES_DIR")
+    p.add_argument("images_dir", type=Path, metavar="IMAGES_DIR", nargs="?", default=None,
+                   help="the folder to ingest (leave out with --dicomweb)")
     p.add_argument("--labels-from", default=None, metavar="folders|FILE.csv",
                    help="take labels from the first folder level or from a CSV (columns file,label)")
     p.add_argument("--as", dest="labels_as", choices=["oracle", "labels"], default="oracle",
@@ -525,6 +580,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--follow-links", action="store_true",
                    help="also ingest files that symbolic links lead to outside IMAGES_DIR (refused by default)")
+    p.add_argument("--dicomweb", default=None, metavar="URL",
+                   help="fetch from a PACS's DICOMweb service root (QIDO-RS, WADO-RS), e.g. "
+                        "http://pacs:8042/dicom-web; instances already in the project are not fetched again")
+    p.add_argument("--study", action="append", default=None, metavar="UID",
+                   help="--dicomweb: only this Study Instance UID (repeat for several)")
+    p.add_argument("--since", default=None, metavar="YYYY-MM-DD", help="--dicomweb: only studies of this date or later")
+    p.add_argument("--modality", default=None, metavar="M1,M2|any",
+                   help="--dicomweb: modalities to fetch (default CR,DX: radiographs); any: all")
+    p.add_argument("--dicomweb-user", default=None, metavar="NAME",
+                   help="--dicomweb: HTTP basic-auth user; the password comes from $CXR_AL_DICOMWEB_PASSWORD")
+    p.add_argument("--dicomweb-password-stdin", action="store_true",
+                   help="--dicomweb-user: read the password from the first line of stdin instead")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = add("status", cmd_status, "Show images, labels, annotators, rounds and skipped files.")
