@@ -2,6 +2,8 @@
 
 Keys: 1-9 the classes in the configured order, s skip, u unsure (goes to a second reader), z undo.
 The image and its buttons live in a fragment, so a label redraws only that part of the page.
+The image is windowed on the file's own values (12/16-bit DICOM after its rescale, 16-bit PNG/TIFF) and reaches
+the browser as a lossless PNG inside the page (ui.viewer.show_png), never through Streamlit's /media/ URLs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import streamlit as st
 from active.engine import labeling, policy
 from active.views import explain, export
 from store.errors import CxrAlError
-from store.images import read_grey
+from store.images import NativeInfo
 from store.project import Project, open_project
 from ui import session, viewer
 
@@ -26,13 +28,12 @@ MESSAGE_KEY = "label_message"
 ROUND_CHECK_KEY = "label_round_check"
 LATEST_ROUND_KEY = "label_latest_round"
 LABELS_REFRESH_S = 30  # the neighbour panel's view of who labeled what is refreshed this often
-VIEW_DEFAULTS = {"view_brightness": 0, "view_contrast": 1.0, "view_zoom": 1.0, "view_pan_x": 50, "view_pan_y": 50}
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def _pixels(path: str) -> np.ndarray:
-    """Decoded 8-bit pixels of an image (DICOM windowed), kept for the last few images."""
-    return read_grey(path)
+WINDOW_FOR_KEY = "view_window_for"  # (image path, preset) the level and width fields were last set for
+VIEW_DEFAULTS = {"view_preset": viewer.FILE_DEFAULT, "view_zoom": 1.0, "view_pan_x": 50, "view_pan_y": 50}
+PRESET_HELP = ("File default: the window stored in the file (DICOM), else its full range (8-bit images as "
+               "stored). Lung / Mediastinum / Bone: CT windows in HU on CT data; on radiographs, which have no "
+               "HU, the same windows relative to the image's own 1st-99th percentile range (air = -1000, "
+               "dense bone = +1000). The preset stays for the next images; Level and Width change this one.")
 
 
 def reason_text(current: dict[str, Any]) -> str:
@@ -114,23 +115,43 @@ def _on_undo(ls: labeling.LabelingSession) -> None:
 
 def _reset_view() -> None:
     for key, value in VIEW_DEFAULTS.items():
-        st.session_state[key] = value
+        if key != "view_preset":  # the chosen preset stays; its window is applied again
+            st.session_state[key] = value
+    st.session_state[WINDOW_FOR_KEY] = None
 
 
 # ----------------------------------------------------------------------------- drawing
-def _view_controls() -> dict[str, float]:
+def _window_controls(info: NativeInfo | None, path: str) -> tuple[float, float]:
+    """Preset, level and width in the image's own units; a new image or preset starts from the preset's window."""
+    preset = st.selectbox("Window preset", viewer.PRESETS, key="view_preset", help=PRESET_HELP)
+    if info is not None and st.session_state.get(WINDOW_FOR_KEY) != (path, preset):
+        center, width = viewer.preset_window(info, preset)
+        st.session_state["view_level"], st.session_state["view_width"] = float(center), float(width)
+        st.session_state[WINDOW_FOR_KEY] = (path, preset)
+    units = f" ({info.units})" if info is not None and info.units else ""
+    span = 255.0 if info is None else max(info.value_range[1] - info.value_range[0], 1e-6)
+    step = max(1.0, float(np.round(span / 200))) if info is None or info.voi_function == "LINEAR" else span / 200
+    with st.container(horizontal=True):
+        level = st.number_input(f"Level{units}", step=step, format="%g", key="view_level")
+        width = st.number_input(f"Width{units}", min_value=1e-6, step=step, format="%g", key="view_width")
+    if info is not None:
+        inverted = ", MONOCHROME1 (inverted)" if info.inverted else ""
+        st.caption(f"{info.bits_stored}-bit values {info.value_range[0]:g} to {info.value_range[1]:g}{units}"
+                   f"{inverted}; file window: {info.window_source}")
+    return float(level), float(width)
+
+
+def _view_controls(info: NativeInfo | None, path: str) -> dict[str, float]:
     for key, value in VIEW_DEFAULTS.items():
         st.session_state.setdefault(key, value)
-    brightness = st.slider("Brightness (level)", -100, 100, key="view_brightness")
-    contrast = st.slider("Contrast (window)", 0.25, 4.0, step=0.05, key="view_contrast")
+    level, width = _window_controls(info, path)
     zoom = st.slider("Zoom", 1.0, 8.0, step=0.5, key="view_zoom")
     pan_x = pan_y = 50
     if zoom > 1:
         pan_x = st.slider("Pan left-right", 0, 100, key="view_pan_x")
         pan_y = st.slider("Pan up-down", 0, 100, key="view_pan_y")
     st.button("Reset view", key="view_reset", on_click=_reset_view)
-    return {"brightness": brightness, "contrast": contrast, "zoom": zoom, "center_x": pan_x / 100,
-            "center_y": pan_y / 100}
+    return {"center": level, "width": width, "zoom": zoom, "center_x": pan_x / 100, "center_y": pan_y / 100}
 
 
 def _details(project: Project, image_id: int) -> None:
@@ -211,7 +232,8 @@ def _prediction_panel(ls: labeling.LabelingSession, image_id: int, round_id: int
         except CxrAlError as exc:
             st.caption(f"No heatmap: {exc}")
         else:
-            st.image(overlay, caption=f"Grad-CAM++ for {cls} (round {round_id})", width="stretch")
+            viewer.show_png(overlay, alt=f"Grad-CAM++ heatmap of image {image_id}",
+                            caption=f"Grad-CAM++ for {cls} (round {round_id})")
 
 
 def _neighbour_panel(ls: labeling.LabelingSession, image_id: int, k: int = 4) -> None:
@@ -235,7 +257,9 @@ def _neighbour_panel(ls: labeling.LabelingSession, image_id: int, k: int = 4) ->
             thumb = viewer.thumbnail(item["path"], 160)
         except CxrAlError:
             continue
-        cols[j % 2].image(thumb, caption=f"{item['label']} · {item['similarity']:.2f}", width="stretch")
+        with cols[j % 2]:
+            viewer.show_png(thumb, alt=f"labeled image {item['image_id']}",
+                            caption=f"{item['label']} · {item['similarity']:.2f}")
 
 
 @st.fragment(run_every=5)
@@ -270,7 +294,7 @@ def _warm(root: str, items: list[dict[str, Any]], round_id: int | None) -> None:
     """Decode the next images (and compute their overlays) into the caches the page reads."""
     for item in items:
         try:
-            _pixels(item["path"])
+            viewer.native_image(item["path"])
             if round_id is not None:
                 _overlay(root, int(round_id), int(item["image_id"]))
         except Exception:  # noqa: BLE001 - a warm-up failure shows (with its reason) when the image is shown
@@ -301,6 +325,11 @@ def labeling_panel(ls: labeling.LabelingSession, panels: dict[str, bool]) -> Non
         _action_buttons(ls, None)
         return
     image_id = int(current["image_id"])
+    path = str(current["path"])
+    try:
+        values, info = viewer.native_image(path)
+    except CxrAlError as exc:
+        values, info, failure = None, None, exc
     col_image, col_side = st.columns([4, 1], gap="medium")
     with col_side:
         with st.container(key="label-info"):
@@ -309,7 +338,7 @@ def labeling_panel(ls: labeling.LabelingSession, panels: dict[str, bool]) -> Non
             else:
                 st.markdown(f"### {ls.done + 1} / {ls.done + int(current['remaining'])}")
             st.caption(f"Image {image_id} · {reason_text(current)}")
-        view = _view_controls()
+        view = _view_controls(info, path)
         if panels["prediction"] or panels["overlay"]:
             _prediction_panel(ls, image_id, st.session_state.get(LATEST_ROUND_KEY), panels["overlay"])
         if panels["neighbours"]:
@@ -320,13 +349,11 @@ def labeling_panel(ls: labeling.LabelingSession, panels: dict[str, bool]) -> Non
         _action_buttons(ls, image_id)
         st.caption(message or "Keys: 1-9 label, s skip, u unsure, z undo")
         with st.container(key="label-image"):
-            try:
-                pixels = _pixels(str(current["path"]))
-            except CxrAlError as exc:
-                st.error(f"Image {image_id} cannot be shown: {exc}. Skip it (s).")
+            if values is None:
+                st.error(f"Image {image_id} cannot be shown: {failure}. Skip it (s).")
             else:
-                st.image(viewer.png(viewer.render_view(pixels, **view)), width="stretch",
-                         alt=f"chest radiograph, image {image_id}")
+                viewer.show_png(viewer.png(viewer.render_native(values, info, **view)),
+                                alt=f"chest radiograph, image {image_id}")
     _prefetch(ls, st.session_state.get(LATEST_ROUND_KEY) if panels["overlay"] else None)
     if st.session_state.pop(ROUND_CHECK_KEY, False):  # after drawing: never delays the next image
         threading.Thread(target=policy.start_round_if_due, args=(ls.project,), daemon=True).start()

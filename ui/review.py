@@ -4,7 +4,7 @@ Grad-CAM++ overlays, the latest confusion matrix, and relabeling with the full l
 Annotators review their own labels; leads and admins review everyone's. Overlays are computed only
 when switched on, only for the cards on the visible page (six), in one batch per page, and kept per
 (round, image id), so paging back or relabeling costs nothing; on a CPU a page takes a few seconds
-the first time.
+the first time. Pictures travel inside the page as PNG (ui.viewer.show_png), never through /media/ URLs.
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ def _card(project: Project, item: pd.Series, user: dict[str, str], own: dict[int
     with st.container(border=True, key=f"{key}-card-{image_id}"):
         picture, note = _picture(item, overlay)
         if picture is not None:
-            st.image(picture, width="stretch", alt=f"chest radiograph, image {image_id}",
-                     caption="Grad-CAM++ of the predicted class" if overlay is not None else None)
+            viewer.show_png(picture, alt=f"chest radiograph, image {image_id}",
+                            caption="Grad-CAM++ of the predicted class" if overlay is not None else None)
         st.markdown(f"Image {image_id}: {_describe(item)}")
         if note:
             st.caption(note)

@@ -178,3 +178,132 @@ def test_multiframe_dicom_is_refused_with_a_reason(tmp_path: Path) -> None:
 
     with pytest.raises(CxrAlError, match="multi-frame DICOM: 4 frames"):
         read_image(write_multiframe_dicom(tmp_path / "cine.dcm", frames=4))
+
+
+# ----------------------------------------------------------------- native values for the viewer
+RAMP16 = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (16, 1))  # 0..4032, 12 bits used
+
+
+def _retag(path: Path, **tags) -> Path:
+    """Set DICOM attributes on a written file (e.g. Modality='CT')."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    ds.save_as(path)
+    return path
+
+
+def test_native_dicom_keeps_rescaled_values_and_the_files_window(tmp_path: Path) -> None:
+    from store.images import apply_window, read_native
+
+    path = write_dicom(tmp_path / "ct.dcm", RAMP16, window=(40, 400), rescale=(1, -1024))
+    values, info = read_native(path)
+    assert values.dtype == np.float32 and np.array_equal(values, RAMP16.astype(np.float32) - 1024)
+    assert (info.format, info.bits_stored, info.photometric) == ("dicom", 16, "MONOCHROME2")
+    assert info.window == (40.0, 400.0) and info.window_source == "dicom-window"
+    assert info.value_range == (-1024.0, 3008.0) and info.units == ""
+    grey = apply_window(values, *info.window)
+    # DICOM LINEAR: black at or below 40 - 0.5 - 399/2 = -160, white above 239, 256 levels in between
+    assert grey[0][values[0] <= -160].max() == 0 and grey[0][values[0] > 239].min() == 255
+    assert np.array_equal(grey, read_grey(path))  # the file default is what ingest and the models see
+
+
+def test_native_window_matches_pydicom_linear_windowing(tmp_path: Path) -> None:
+    import pydicom
+    from pydicom.pixels import apply_voi_lut
+
+    from store.images import apply_window, read_native
+
+    path = write_dicom(tmp_path / "w.dcm", RAMP16, window=(1000, 500), rescale=(2, -1024))
+    values, info = read_native(path)
+    ds = pydicom.dcmread(path)
+    low, high = -1024, 65535 * 2 - 1024  # pydicom's output range: the stored range, rescaled
+    expected = (apply_voi_lut(values.astype(np.float64), ds) - low) / (high - low) * 255
+    assert np.abs(apply_window(values, *info.window).astype(float) - expected).max() <= 0.5 + 1e-6
+
+
+def test_native_monochrome1_is_flagged_and_shown_inverted(tmp_path: Path) -> None:
+    from store.images import apply_window, read_native
+
+    m1, info1 = read_native(write_dicom(tmp_path / "m1.dcm", RAMP16, photometric="MONOCHROME1", window=(2000, 1000)))
+    m2, info2 = read_native(write_dicom(tmp_path / "m2.dcm", RAMP16, window=(2000, 1000)))
+    assert np.array_equal(m1, m2)  # the values are the file's; only the display flips
+    assert info1.inverted and not info2.inverted
+    shown1 = apply_window(m1, *info1.window, invert=info1.inverted)
+    assert np.array_equal(shown1, 255 - apply_window(m2, *info2.window))
+    assert shown1[0, 0] == 255 and shown1[0, -1] == 0  # low values bright, as MONOCHROME1 means
+    assert np.array_equal(shown1, read_grey(tmp_path / "m1.dcm"))
+
+
+def test_native_ct_is_in_hounsfield_units(tmp_path: Path) -> None:
+    from store.images import read_native
+
+    path = _retag(write_dicom(tmp_path / "ct.dcm", RAMP16, rescale=(1, -1024)), Modality="CT")
+    assert read_native(path)[1].units == "HU"
+    path = _retag(write_dicom(tmp_path / "dx.dcm", RAMP16, rescale=(1, -1024)), RescaleType="HU")
+    assert read_native(path)[1].units == "HU"
+
+
+def test_native_window_falls_back_to_the_voi_lut_then_the_full_range(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset
+
+    from store.images import apply_window, read_native
+
+    path = write_dicom(tmp_path / "lut.dcm", RAMP16)
+    _, info = read_native(path)
+    assert info.window_source == "full-range"
+    assert np.array_equal(apply_window(read_native(path)[0], *info.window), read_grey(path))
+    lut = Dataset()
+    lut.LUTDescriptor = [1024, 512, 16]
+    lut.LUTData = np.arange(0, 65536, 64, dtype=np.uint16).tobytes()
+    _retag(path, VOILUTSequence=[lut])
+    _, info = read_native(path)
+    assert info.window_source == "dicom-voi-lut" and info.window == (1024.0, 1024.0)  # inputs 512..1535
+
+
+def test_native_16bit_png_keeps_every_value(tmp_path: Path) -> None:
+    from store.images import apply_window, read_native
+
+    arr = (np.arange(64, dtype=np.uint16) * 997 + 1000)[None, :].repeat(8, axis=0)
+    Image.fromarray(arr).save(tmp_path / "deep.png")
+    values, info = read_native(tmp_path / "deep.png")
+    assert np.array_equal(values, arr.astype(np.float32)) and len(np.unique(values)) == 64
+    assert (info.format, info.bits_stored, info.window_source) == ("png", 16, "full-range")
+    assert info.value_range == (1000.0, float(arr.max()))
+    assert np.abs(apply_window(values, *info.window).astype(int) - read_grey(tmp_path / "deep.png")).max() <= 1
+
+
+def test_native_8bit_png_is_shown_as_stored(tmp_path: Path) -> None:
+    from store.images import IDENTITY_WINDOW_8BIT, apply_window, read_native
+
+    Image.fromarray(GRADIENT, "L").save(tmp_path / "g.png")
+    values, info = read_native(tmp_path / "g.png")
+    assert info.bits_stored == 8 and info.window == IDENTITY_WINDOW_8BIT
+    assert np.array_equal(apply_window(values, *info.window), GRADIENT)
+
+
+def test_native_float_tiff_uses_linear_exact_and_repairs_non_finite_pixels(tmp_path: Path) -> None:
+    from store.images import apply_window, read_native
+
+    values = np.tile(np.linspace(0, 0.5, 64, dtype=np.float32), (32, 1))
+    values[0, 0], values[0, 1] = np.inf, np.nan
+    Image.fromarray(values, "F").save(tmp_path / "float.tiff")
+    native, info = read_native(tmp_path / "float.tiff")
+    assert info.voi_function == "LINEAR_EXACT" and info.value_range == (0.0, 0.5)
+    assert "2 of 2048 pixels are not finite" in info.notes[0] and np.isfinite(native).all()
+    shown = apply_window(native, *info.window, voi_function=info.voi_function)
+    assert shown[5, 0] == 0 and shown[5, -1] == 255 and tuple(shown[0, :2]) == (255, 0)
+
+
+def test_native_reading_has_read_images_checks(tmp_path: Path) -> None:
+    from store.images import read_native
+
+    with pytest.raises(CxrAlError, match="no such file"):
+        read_native(tmp_path / "nope.dcm")
+    with pytest.raises(CxrAlError, match="too large: 64 x 16"):
+        read_native(write_dicom(tmp_path / "wide.dcm", RAMP16), max_pixels=1000)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(CxrAlError, match="not a readable image"):
+        read_native(tmp_path / "bad.png")

@@ -27,6 +27,11 @@ def app_as(name: str | None, role: str | None = None, page: str = "app.py") -> A
     return at.run()
 
 
+def pictures(at: AppTest) -> list[str]:
+    """The PNG pictures drawn in the page (ui.viewer.show_png: data: URIs, never /media/ URLs)."""
+    return [h.value for h in at.html if "data:image/png;base64," in h.value]
+
+
 def texts(at: AppTest) -> str:
     parts = [m.value for m in (*at.markdown, *at.caption, *at.title, *at.success, *at.error, *at.warning,
                                *at.subheader)]
@@ -36,7 +41,7 @@ def texts(at: AppTest) -> str:
 def test_sign_in_shows_nothing_of_the_project_until_the_password_is_right(served, passwords):
     at = app_as(None)
     assert [t.label for t in at.text_input] == ["Username", "Password"]
-    assert "ui-test" not in texts(at) and not at.image
+    assert "ui-test" not in texts(at) and not at.image and not pictures(at)
     at.text_input(key="signin_username").input("alice")
     at.text_input(key="signin_password").input("wrong-password")
     at.button[0].click().run()
@@ -54,7 +59,7 @@ def test_label_page_buttons_label_skip_unsure_and_undo(served):
     assert labels == served.classes  # one button per class in the configured order
     info = texts(at)
     assert "1 / 16" in info and "suggested by **hybrid**" in info
-    assert len(at.get("image")) == 1
+    assert len(pictures(at)) == 1 and not at.image  # lossless, in the page: never st.image's /media/
     first = at.session_state["label_session"].current["image_id"]
 
     at.button(key="label_class_1").click().run()  # the second class
@@ -140,7 +145,7 @@ def test_label_page_panels_prediction_neighbours_and_round_status(served):
     shown = texts(at)
     assert f"Round {round_id}: **{served.classes[1]}** (70%)" in shown
     assert f"Model: round {round_id}" in shown
-    assert len(at.get("image")) >= 2  # the radiograph plus labeled neighbours from the index
+    assert len(pictures(at)) >= 2  # the radiograph plus labeled neighbours from the index
     at.toggle(key="panel_overlay").set_value(True).run()
     assert "No heatmap: that round kept no model checkpoint" in texts(at)
 
