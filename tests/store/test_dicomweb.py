@@ -3,14 +3,11 @@ fetch, filters, idempotence on SOP Instance UID, resuming an interrupted fetch, 
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +18,8 @@ import requests
 from store.dicomweb import ingest_dicomweb, pacs_folder
 from store.errors import CxrAlError
 from tests.conftest import write_dicom
+from tests.store.orthanc_server import ORTHANC, dicomweb_plugin, free_port, running_orthanc, upload
 
-ORTHANC = Path("/usr/sbin/Orthanc")
 USER, PASSWORD = "reader", "not-a-real-password"
 # (study date, [(modality, instances) per series]) per patient: 7 radiographs and 2 CT slices
 STUDIES = [("20230110", [("DX", 2)]), ("20240305", [("CR", 2), ("CT", 2)]), ("20240601", [("DX", 3)])]
@@ -38,20 +35,6 @@ class Pacs:
     studies: list[str]  # Study Instance UIDs, in STUDIES order
     sops: dict[str, set[str]]  # modality -> SOP Instance UIDs
     files: dict[str, Path]  # SOP Instance UID -> the file loaded
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _dicomweb_plugin() -> str:
-    found = sorted(glob.glob("/usr/share/orthanc/plugins/libOrthancDicomWeb.so*")
-                   + glob.glob("/usr/lib/orthanc/libOrthancDicomWeb.so*"))
-    if not found:
-        pytest.fail("Orthanc is installed without its DICOMweb plugin: apt-get install orthanc-dicomweb")
-    return found[0]
 
 
 def _generated_dicoms(folder: Path) -> tuple[list[str], dict[str, set[str]], dict[str, Path]]:
@@ -81,44 +64,15 @@ def _generated_dicoms(folder: Path) -> tuple[list[str], dict[str, set[str]], dic
 
 
 @pytest.fixture(scope="module")
-def pacs(tmp_path_factory) -> Pacs:
+def pacs(tmp_path_factory) -> Iterator[Pacs]:
     """Orthanc with DICOMweb on a free 127.0.0.1 port, a throw-away configuration and storage, basic auth, and
     the generated DICOMs loaded; stopped afterwards."""
-    root = tmp_path_factory.mktemp("orthanc")
-    port = _free_port()
-    config = {"Name": "cxr-al-test", "HttpPort": port, "DicomServerEnabled": False, "DicomPort": _free_port(),
-              "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "storage"),
-              "Plugins": [_dicomweb_plugin()], "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
-              "RegisteredUsers": {USER: PASSWORD}, "HttpCompressionEnabled": False,
-              "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
-    (root / "orthanc.json").write_text(json.dumps(config))
-    log = open(root / "orthanc.log", "wb")
-    proc = subprocess.Popen([str(ORTHANC), str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            if proc.poll() is not None:
-                pytest.fail(f"Orthanc exited ({proc.returncode}): {(root / 'orthanc.log').read_text()[-2000:]}")
-            try:
-                if requests.get(f"{base}/system", auth=(USER, PASSWORD), timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"Orthanc did not answer on {base}: {(root / 'orthanc.log').read_text()[-2000:]}")
+    if dicomweb_plugin() is None:
+        pytest.fail("Orthanc is installed without its DICOMweb plugin: apt-get install orthanc-dicomweb")
+    with running_orthanc(tmp_path_factory.mktemp("orthanc"), USER, PASSWORD) as base:
         studies, sops, files = _generated_dicoms(tmp_path_factory.mktemp("dicoms"))
-        for path in files.values():
-            requests.post(f"{base}/instances", data=path.read_bytes(), auth=(USER, PASSWORD),
-                          timeout=10).raise_for_status()
+        upload(base, files.values(), USER, PASSWORD)
         yield Pacs(f"{base}/dicom-web", base, studies, sops, files)
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=15)
-        proc.kill()  # does nothing once it has exited
-        proc.wait()
-        log.close()
 
 
 def _ingest(project, pacs: Pacs, **kwargs):
@@ -202,7 +156,7 @@ def test_study_since_and_modality_filters(project, pacs) -> None:
 
 
 def test_bad_urls_unreachable_servers_and_refused_access_leave_the_project_untouched(project, pacs) -> None:
-    cases = [(f"http://127.0.0.1:{_free_port()}/dicom-web", USER, "cannot reach the server"),
+    cases = [(f"http://127.0.0.1:{free_port()}/dicom-web", USER, "cannot reach the server"),
              ("ftp://pacs.example.org/dicom-web", USER, "give the DICOMweb service root"),
              ("not a url", USER, "give the DICOMweb service root"),
              (f"{pacs.base}/no-dicom-web-here", USER, "HTTP 404"),
