@@ -1,0 +1,87 @@
+"""The label page in headless Chromium: the radiograph arrives losslessly inside the page (a PNG data: URI over
+the session's websocket), pixel for pixel what the viewer rendered, and never through Streamlit's /media/ URLs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import urllib.error
+import urllib.request
+from urllib.parse import urlparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browser_steps import explain_failure, shown_image_id, sign_in
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+
+# The shown <img> drawn onto a canvas at its natural size: the pixels the browser decoded (red channel).
+CANVAS_PIXELS = """img => {
+    const canvas = document.createElement('canvas');
+    canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+    const ctx = canvas.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    const rgba = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    const red = [];
+    for (let i = 0; i < rgba.length; i += 4) red.push(rgba[i]);
+    return {width: canvas.width, height: canvas.height, red: red};
+}"""
+
+
+def _expected_view(project, image_id: int) -> np.ndarray:
+    """What the label page should show for an image with the default view: its file window, fitted."""
+    from store.images import read_native
+    from ui import viewer
+
+    path = Path(project.db.image(image_id)["path"])
+    values, info = read_native(path if path.is_absolute() else project.root / path)
+    center, width = viewer.preset_window(info, viewer.FILE_DEFAULT)
+    return viewer.render_native(values, info, center=center, width=width)
+
+
+def _status(url: str) -> tuple[int, str]:
+    """(HTTP status, content type) of a GET without any session or cookie."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", "")
+
+
+def test_label_page_shows_the_rendered_pixels_without_media_urls(app_url, new_page, browser_project,
+                                                                  passwords) -> None:
+    from streamlit.runtime.memory_media_file_storage import _calculate_file_id
+
+    from ui import viewer
+
+    page = new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    sign_in(page, app_url, "carol", passwords["carol"])
+    image_id = shown_image_id(page)
+    img = page.locator(".st-key-label-image img").first
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img.element_handle())
+
+    src = img.get_attribute("src")
+    assert src and src.startswith("data:image/png;base64,"), f"the radiograph is not inline: {src[:80]!r}"
+    sent = base64.b64decode(src.split(",", 1)[1])
+    expected = _expected_view(browser_project, image_id)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(sent))), expected)  # the PNG the viewer made
+    drawn = page.evaluate(CANVAS_PIXELS, img.element_handle())
+    decoded = np.array(drawn["red"], dtype=np.uint8).reshape(drawn["height"], drawn["width"])
+    assert np.array_equal(decoded, expected)  # and what Chromium decoded from it, pixel for pixel
+
+    page.wait_for_timeout(1000)  # late requests (fragments, prefetch) too
+    media = [u for u in requested if urlparse(u).path.startswith("/media/")]  # not /static/media/ (fonts)
+    if media:
+        raise explain_failure(page, f"the label page fetched media URLs: {media}")
+    html = page.content()
+    assert not re.search(r'(src|href)="[^"]*?(?<!/static)/media/', html)
+    # had st.image served this PNG, it would sit at /media/<its id>.png for anyone with the address; it does not
+    for data in (sent, viewer.png(expected)):
+        name = f"{_calculate_file_id(data, 'image/png')}.png"
+        status, kind = _status(f"{app_url}/media/{name}")
+        assert status == 404 and not kind.startswith("image/"), (name, status, kind)
