@@ -85,3 +85,42 @@ def test_label_page_shows_the_rendered_pixels_without_media_urls(app_url, new_pa
         name = f"{_calculate_file_id(data, 'image/png')}.png"
         status, kind = _status(f"{app_url}/media/{name}")
         assert status == 404 and not kind.startswith("image/"), (name, status, kind)
+
+
+def _clear_cache_as_a_stranger(app_url: str) -> None:
+    """Open Streamlit's websocket with no cookie and no session, send clear_cache, then a heartbeat: its ack
+    comes after the clear was handled (one session's messages are handled in order)."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+    from websockets.sync.client import connect
+
+    with connect(app_url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"],
+                 open_timeout=10) as ws:
+        ws.send(BackMsg(clear_cache=True).SerializeToString())
+        ws.send(BackMsg(app_heartbeat=True).SerializeToString())
+        for _ in range(50):
+            reply = ForwardMsg()
+            reply.ParseFromString(ws.recv(timeout=10))
+            if reply.WhichOneof("type") == "heartbeat_ack":
+                return
+    raise AssertionError("the server never acknowledged the heartbeat sent after clear_cache")
+
+
+def test_a_strangers_cache_clear_costs_only_recomputation(app_url, new_page, browser_project, passwords) -> None:
+    """Streamlit lets any websocket client clear the server's caches (README: what that costs). Labels and
+    sign-in sessions live in the database and each browser's own state, so the annotator labels on."""
+    from browser_steps import press, wait_for_other_image
+
+    page = new_page()
+    sign_in(page, app_url, "carol", passwords["carol"])
+    first = shown_image_id(page)
+    press(page, "1")
+    second = wait_for_other_image(page, first)
+    before = browser_project.db.current_labels()
+    _clear_cache_as_a_stranger(app_url)
+    press(page, "2")
+    wait_for_other_image(page, second)  # still signed in, the next image decoded again
+    after = browser_project.db.current_labels()
+    carol = after[after["annotator"] == "carol"].set_index("image_id")["label"]
+    assert carol.loc[first] == browser_project.classes[0] and carol.loc[second] == browser_project.classes[1]
+    assert len(after) == len(before) + 1 and page.get_by_label("Password", exact=True).count() == 0
