@@ -124,3 +124,20 @@ def test_a_strangers_cache_clear_costs_only_recomputation(app_url, new_page, bro
     carol = after[after["annotator"] == "carol"].set_index("image_id")["label"]
     assert carol.loc[first] == browser_project.classes[0] and carol.loc[second] == browser_project.classes[1]
     assert len(after) == len(before) + 1 and page.get_by_label("Password", exact=True).count() == 0
+
+
+def test_review_cards_arrive_inline_too(app_url, new_page, passwords) -> None:
+    page = new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    sign_in(page, app_url, "lena", passwords["lena"])
+    page.get_by_role("link", name="Review").click()
+    page.get_by_text("Image history", exact=True).click()
+    card = page.locator("[class*='st-key-history-card-'] img").first
+    try:
+        card.wait_for()
+    except Exception:  # noqa: BLE001 - say what the page shows instead
+        raise explain_failure(page, "the review page showed no card picture") from None
+    assert (card.get_attribute("src") or "").startswith("data:image/png;base64,")
+    page.wait_for_timeout(500)
+    assert not [u for u in requested if urlparse(u).path.startswith("/media/")]
