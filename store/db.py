@@ -114,6 +114,7 @@ MIGRATIONS[3] = [
     "ALTER TABLE images ADD COLUMN IF NOT EXISTS sop_uid VARCHAR",
 ]
 IMAGE_IDENTIFIER_COLUMNS = ("patient_key", "study_uid", "series_uid", "sop_uid")
+TEST_SPLIT_SOURCE = "test-split"  # labels.source of a label given to a held-out test image on explicit request
 
 
 def relative_artifact_path(recorded: str | None, root: Path) -> str | None:
@@ -378,6 +379,12 @@ class ProjectDB:
                 return con.execute("SELECT * FROM images WHERE split = ? ORDER BY id", [split]).df()
             return con.execute("SELECT * FROM images ORDER BY id").df()
 
+    def image_groups(self) -> pd.DataFrame:
+        """Who every image belongs to (id, path, split, patient_key, study_uid), ordered by id: for the grouped
+        test split, the grouping in `status` and the leakage check."""
+        with self.read() as con:
+            return con.execute("SELECT id, path, split, patient_key, study_uid FROM images ORDER BY id").df()
+
     def image(self, image_id: int) -> dict[str, Any]:
         """One image's row; CxrAlError when the id is unknown."""
         with self.read() as con:
@@ -420,15 +427,24 @@ class ProjectDB:
 
     # ----------------------------------------------------------------- labels
     def add_label(self, image_id: int, label: str, annotator: str, *, seconds_spent: float | None = None,
-                  source: str = "cli", queue_id: int | None = None) -> int:
+                  source: str = "cli", queue_id: int | None = None, test_split: str = "allow") -> int:
         """Record one label, superseding the same annotator's earlier label of that image; returns its id.
 
-        Committed before it returns. Closes the annotator's open queue entry for the image.
+        Committed before it returns. Closes the annotator's open queue entry for the image. test_split says
+        what a label of a test-split image does: 'allow' (recorded as given), 'refuse' (CxrAlError, nothing
+        written) or 'mark' (recorded with source TEST_SPLIT_SOURCE, whatever `source` says).
         """
         now = utcnow()
         with self.write() as con:
-            if con.execute("SELECT 1 FROM images WHERE id = ?", [int(image_id)]).fetchone() is None:
+            row = con.execute("SELECT split FROM images WHERE id = ?", [int(image_id)]).fetchone()
+            if row is None:
                 raise CxrAlError(f"no image with id {image_id} in this project")
+            if row[0] == "test" and test_split == "refuse":
+                raise CxrAlError(f"image {image_id} is in the held-out test split: its labels do not train the "
+                                 "model and never replace its ground truth in test metrics; to record one anyway "
+                                 "(marked 'test-split'), ask explicitly: `cxr-al label ... --test-split`")
+            if row[0] == "test" and test_split == "mark":
+                source = TEST_SPLIT_SOURCE
             con.execute("INSERT OR IGNORE INTO annotators (name, role, created_at) VALUES (?, 'annotator', ?)",
                         [annotator, now])
             (round_id,) = con.execute(

@@ -24,6 +24,15 @@ import numpy as np
 
 from store.db import ProjectDB
 from store.errors import CxrAlError
+from store.groups import (
+    PSEUDONYM_SECRET,
+    choose_grouped_test_split,
+    group_key,
+    group_splits,
+    patient_identifier,
+    pseudonym,
+    read_dicom_identifiers,
+)
 from store.images import ImageInfo, max_pixels_limit, read_image
 
 CHUNK = 500  # most files per transaction
@@ -44,11 +53,14 @@ class IngestReport:
     labels_without_image: int = 0
     per_class: dict[str, int] = field(default_factory=dict)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, what decoding had to repair)
+    patients: set[str] = field(default_factory=set)  # pseudonyms of the patients of the added images
+    without_group: int = 0  # added images with neither a patient nor a study
 
     def as_dict(self) -> dict:
         return {"added": self.added, "already_known": self.already_known, "duplicates": len(self.duplicates),
                 "skipped": len(self.skipped), "labeled": self.labeled, "test": self.test,
                 "labels_without_image": self.labels_without_image, "per_class": self.per_class,
+                "patients": len(self.patients), "without_group": self.without_group,
                 "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
                 "warnings": [{"path": p, "warning": w} for p, w in self.warnings]}
 
@@ -160,25 +172,54 @@ def _walk(root: Path, follow_links: bool = False) -> tuple[list[tuple[Path, str]
     return files, problems
 
 
-def read_label_csv(csv_path: Path, images_dir: Path) -> dict[Path, str]:
-    """Labels from a CSV with columns file (or path/filename) and label (or class); paths relative to images_dir."""
+FILE_COLUMNS = ("file", "path", "filename", "image")  # accepted names of a CSV's image column, first found wins
+LABEL_COLUMNS = ("label", "class", "finding")
+PATIENT_COLUMNS = ("patient_id", "patient", "patientid", "subject_id", "subject", "participant_id", "participant")
+STUDY_COLUMNS = ("study_id", "study", "study_uid", "studyinstanceuid", "accession_number", "accession")
+
+
+def _csv_by_path(csv_path: Path, images_dir: Path, kind: str, fields: dict[str, tuple[str, ...]],
+                 required: str) -> dict[Path, dict[str, str]]:
+    """Rows of a CSV keyed by the image they name (its file column, relative to images_dir): for each field,
+    the value in the first of its accepted column names (case-insensitive) the CSV has; the required field's
+    column must be there. Empty values are left out, rows with none dropped."""
     if not csv_path.is_file():
-        raise CxrAlError(f"labels file {csv_path} not found")
+        raise CxrAlError(f"{kind} file {csv_path} not found")
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         cols = {c.lower().strip(): c for c in (reader.fieldnames or [])}
-        file_col = next((cols[c] for c in ("file", "path", "filename", "image") if c in cols), None)
-        label_col = next((cols[c] for c in ("label", "class", "finding") if c in cols), None)
-        if file_col is None or label_col is None:
-            raise CxrAlError(f"{csv_path}: needs a 'file' and a 'label' column, found {reader.fieldnames}")
-        out: dict[Path, str] = {}
+        found = {name: next((cols[c] for c in accepted if c in cols), None)
+                 for name, accepted in {"file": FILE_COLUMNS, **fields}.items()}
+        if found["file"] is None or found[required] is None:
+            raise CxrAlError(f"{csv_path}: needs a 'file' and a '{fields[required][0]}' column (or "
+                             f"{'/'.join(FILE_COLUMNS[1:])}; {'/'.join(fields[required][1:])}), "
+                             f"found {reader.fieldnames}")
+        out: dict[Path, dict[str, str]] = {}
         for row in reader:
-            f, lab = (row.get(file_col) or "").strip(), (row.get(label_col) or "").strip()
-            if not f or not lab:
+            values = {name: (row.get(col) or "").strip() for name, col in found.items() if col is not None}
+            f = values.pop("file")
+            values = {k: v for k, v in values.items() if v}
+            if not f or not values:
                 continue
             p = Path(f)
-            out[(p if p.is_absolute() else images_dir / p).resolve()] = lab
+            out[(p if p.is_absolute() else images_dir / p).resolve()] = values
     return out
+
+
+def read_label_csv(csv_path: Path, images_dir: Path) -> dict[Path, str]:
+    """Labels from a CSV with columns file (or path/filename/image) and label (or class/finding); paths
+    relative to images_dir."""
+    rows = _csv_by_path(csv_path, images_dir, "labels", {"label": LABEL_COLUMNS}, "label")
+    return {p: row["label"] for p, row in rows.items()}
+
+
+def read_group_csv(csv_path: Path, images_dir: Path) -> dict[Path, dict[str, str]]:
+    """Patient (and study) of images from a CSV: columns file (or path/filename/image), patient_id (or patient/
+    patientid/subject_id/subject/participant_id/participant) and optionally study_id (or study/study_uid/
+    studyinstanceuid/accession_number/accession). Returns path -> {"patient": ..., "study": ...}; rows with
+    an empty or anonymous patient are images without a group unless they name a study."""
+    return _csv_by_path(csv_path, images_dir, "groups", {"patient": PATIENT_COLUMNS, "study": STUDY_COLUMNS},
+                        "patient")
 
 
 def _canonical_labels(raw: dict[Path, str], classes: list[str]) -> dict[Path, str]:
@@ -192,8 +233,14 @@ def _canonical_labels(raw: dict[Path, str], classes: list[str]) -> dict[Path, st
     return {p: lookup[lab.lower()] for p, lab in raw.items()}
 
 
-def choose_test_split(paths: list[str], labels: list[str | None], fraction: float, seed: int) -> set[str]:
-    """Stratified held-out test set: round(fraction * n) images of each class, only among labeled ones."""
+def choose_test_split(paths: list[str], labels: list[str | None], fraction: float, seed: int,
+                      groups: list[str] | None = None, assigned: dict[str, str] | None = None) -> set[str]:
+    """Stratified held-out test set: round(fraction * n) images of each class, only among labeled ones.
+
+    With groups (store.groups.group_key of each path), drawn by group instead, no group in both splits, and
+    images of groups in `assigned` (group -> split already in the project) follow their group."""
+    if groups is not None:
+        return choose_grouped_test_split(paths, labels, groups, fraction, seed, assigned)
     if fraction <= 0:
         return set()
     by_class: dict[str, list[str]] = defaultdict(list)
@@ -294,6 +341,8 @@ class _Commits:
                                  labels=() if as_oracle else labeled, skipped=skips)
         self.report.added += len(rows)
         self.report.test += sum(1 for r, _ in rows if r["split"] == "test")
+        self.report.patients.update(r["patient_key"] for r, _ in rows if r.get("patient_key"))
+        self.report.without_group += sum(1 for r, _ in rows if not r.get("patient_key") and not r.get("study_uid"))
         self.report.skipped.extend(skips)
         self.counts.update(lab for _, lab in labeled)
 
@@ -335,7 +384,8 @@ def _decode_checked(walked: Path, max_pixels: int) -> tuple[np.ndarray, ImageInf
 def ingest_folder(db: ProjectDB, images_dir: Path | str, classes: list[str], *, labels_from: str | None = None,
                   labels_as: str = "oracle", test_fraction: float = 0.2, seed: int = 0,
                   progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
-                  follow_links: bool = False, max_pixels: int | None = None) -> IngestReport:
+                  follow_links: bool = False, max_pixels: int | None = None,
+                  groups_from: str | Path | None = None) -> IngestReport:
     """Add every new, readable, non-duplicate image below images_dir to the project; skip the rest with a reason.
 
     labels_from: None, "folders" (first folder below images_dir is the class) or a CSV path.
@@ -346,6 +396,12 @@ def ingest_folder(db: ProjectDB, images_dir: Path | str, classes: list[str], *, 
     links lead to outside images_dir. max_pixels: refuse larger images from their header (default
     store.images.max_pixels_limit()). Finished files are committed as the run goes; an interrupted run
     keeps them, and a re-run picks up the rest.
+
+    Every image is recorded with its patient (a keyed pseudonym, never the raw identifier) and study: from
+    groups_from, a CSV (see read_group_csv), else from the DICOM header's PatientID and StudyInstanceUID; DICOM
+    study/series/SOP instance UIDs are always kept. When any image has a patient or study, the test split is
+    drawn by patient (store.groups.choose_grouped_test_split): no patient in both splits, and a new image of
+    a patient already in the project joins that patient's split.
     """
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -367,11 +423,14 @@ def ingest_folder(db: ProjectDB, images_dir: Path | str, classes: list[str], *, 
     elif labels_from:
         raw_labels = read_label_csv(Path(labels_from), images_dir)
     labels = _canonical_labels(raw_labels, classes)  # raises before anything is written
+    given_groups = read_group_csv(Path(groups_from), images_dir) if groups_from else {}
 
     known_paths, known_hashes = db.known_paths_and_hashes()
     candidates = list(dict.fromkeys(recorded for walked, recorded in files if recorded not in known_paths
                                     and walked.suffix.lower() not in SIDE_FILES))
-    test_paths = choose_test_split(candidates, [labels.get(Path(p)) for p in candidates], test_fraction, seed)
+    identify = _Identifiers(db, dict((recorded, walked) for walked, recorded in reversed(files)), given_groups)
+    test_paths = _test_split(db, identify, candidates, [labels.get(Path(p)) for p in candidates], test_fraction,
+                             seed)
 
     report = IngestReport()
     commits = _Commits(db, labels_as, report)
@@ -410,7 +469,7 @@ def ingest_folder(db: ProjectDB, images_dir: Path | str, classes: list[str], *, 
                 continue
             seen_hashes[digest] = recorded
             row.update(width=info.width, height=info.height, format=info.format, modality=info.modality,
-                       split="test" if recorded in test_paths else "pool")
+                       split="test" if recorded in test_paths else "pool", **identify(recorded))
             report.warnings.extend((recorded, note) for note in info.notes)
             commits.add(row, labels.get(Path(recorded)))
         commits.commit()
@@ -429,6 +488,47 @@ def ingest_folder(db: ProjectDB, images_dir: Path | str, classes: list[str], *, 
     db.settle_skipped(printable_path(images_dir), [p for p, _ in report.skipped])
     _log_run(db, images_dir, report, interrupted=False)
     return report
+
+
+class _Identifiers:
+    """patient_key, study_uid, series_uid and sop_uid of a file to ingest, read once and remembered: the groups
+    CSV's patient (and its study where the DICOM header has none) over the header's PatientID."""
+
+    def __init__(self, db: ProjectDB, walked: dict[str, Path], given: dict[Path, dict[str, str]]):
+        self.db, self.walked, self.given = db, walked, given
+        self.known: dict[str, dict[str, str | None]] = {}
+        self.key: bytes | None = None
+
+    def __call__(self, recorded: str) -> dict[str, str | None]:
+        if recorded not in self.known:
+            header = read_dicom_identifiers(self.walked.get(recorded, recorded))
+            given = self.given.get(Path(recorded), {})
+            patient = patient_identifier(given.get("patient")) or (header.patient_id if header else None)
+            if patient and self.key is None:
+                self.key = self.db.secret(PSEUDONYM_SECRET)
+            self.known[recorded] = {
+                "patient_key": pseudonym(patient, self.key) if patient else None,
+                "study_uid": (header.study_uid if header else None) or given.get("study"),
+                "series_uid": header.series_uid if header else None, "sop_uid": header.sop_uid if header else None}
+        return self.known[recorded]
+
+
+def _test_split(db: ProjectDB, identify: _Identifiers, candidates: list[str], labels: list[str | None],
+                fraction: float, seed: int) -> set[str]:
+    """The new files that go to the test split: by patient when the project or these files have patients or
+    studies (their headers are read first), else per image as before groups existed."""
+    existing = db.image_groups()
+    existing = existing[existing["patient_key"].notna() | existing["study_uid"].notna()]
+    has_labels = fraction > 0 and any(lab is not None for lab in labels)
+    if existing.empty and not has_labels:
+        return set()  # no test split to draw, and no patient already in one to follow
+    groups = [group_key(identify(p)["patient_key"], identify(p)["study_uid"], p) for p in candidates]
+    if existing.empty and all(g.startswith("image:") for g in groups):
+        return choose_test_split(candidates, labels, fraction, seed)
+    assigned = group_splits([group_key(k, s, p) for k, s, p in
+                             zip(existing["patient_key"], existing["study_uid"], existing["path"], strict=True)],
+                            list(existing["split"]))
+    return choose_test_split(candidates, labels, fraction, seed, groups=groups, assigned=assigned)
 
 
 def _log_run(db: ProjectDB, images_dir: Path, report: IngestReport, *, interrupted: bool) -> None:

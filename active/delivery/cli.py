@@ -102,7 +102,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     with progress_bar("ingest") as (advance, set_total):
         report = ingest(project, args.images_dir, labels_from=args.labels_from, labels_as=args.labels_as,
                         test_fraction=args.test_fraction, seed=args.seed, progress=advance, on_total=set_total,
-                        follow_links=args.follow_links)
+                        follow_links=args.follow_links, groups_from=args.groups_from)
     if args.json:
         _print_json(report.as_dict())
         return 0
@@ -155,6 +155,9 @@ def _print_ingest_report(report: IngestReport, labels_as: str) -> None:
         kind = "ground-truth (oracle)" if labels_as == "oracle" else "imported"
         per_class = ", ".join(f"{k} {v}" for k, v in report.per_class.items())
         print(f"{report.labeled} {kind} labels: {per_class}")
+    if report.patients:
+        ungrouped = f", {report.without_group} images with neither" if report.without_group else ""
+        print(f"{len(report.patients)} patients (the test split keeps each patient whole){ungrouped}")
     if report.labels_without_image:
         print(f"{report.labels_without_image} labels name files that were not ingested")
     for path, reason in report.skipped[:50]:
@@ -186,6 +189,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {cls:<20} {info['labels_per_class'].get(cls, 0)}")
     if info["labels_per_annotator"]:
         print("annotators: " + ", ".join(f"{a} ({n})" for a, n in info["labels_per_annotator"].items()))
+    groups = info["grouping"]
+    if groups["patients"] or groups["studies"]:
+        print(f"patients: {groups['patients']} ({groups['pool_patients']} pool, {groups['test_patients']} test), "
+              f"studies: {groups['studies']}, images with neither: {groups['images_without_group']}")
+        leaked = groups["patients_in_both"] + groups["studies_in_both"]
+        print(f"leakage: {leaked} patients or studies in both splits" + (" (see `cxr-al leakage`)" if leaked else ""))
+    if groups["test_split_labels"]:
+        print(f"test-split labels: {groups['test_split_labels']} (given on request; test metrics use the held-out "
+              "ground truth)")
     print(f"open suggestions: {info['queue']}")
     for r in info["rounds"]:
         print(_round_line(r))
@@ -201,6 +213,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     if parts:
         print("  prequential accuracy: " + "; ".join(parts))
     return 0
+
+
+def cmd_leakage(args: argparse.Namespace) -> int:
+    from active.engine.project import open_project
+    from active.views.leakage import leakage
+
+    info = leakage(open_project(args.project_dir), threshold=args.threshold)
+    if args.json:
+        _print_json(info)
+        return 1 if info["found"] else 0
+    groups, duplicates = info["grouping"], info["near_duplicates"]
+    print(f"patients: {groups['patients']} ({groups['pool_patients']} pool, {groups['test_patients']} test), "
+          f"studies: {groups['studies']}, images with neither a patient nor a study: {groups['images_without_group']}")
+    print(f"patients or studies in both splits: {len(info['groups_in_both'])}")
+    for g in info["groups_in_both"]:
+        print(f"  {g['kind']} {g['key']}: pool images {', '.join(map(str, g['pool']))}; "
+              f"test images {', '.join(map(str, g['test']))}")
+    if not duplicates["checked"]:
+        print(f"near-duplicates across the splits: not checked ({duplicates['why_not']})")
+    else:
+        print(f"near-duplicate pool/test pairs (centred cosine > {duplicates['threshold']}): {duplicates['count']}"
+              + (f" ({duplicates['not_embedded']} images not embedded yet, not compared)"
+                 if duplicates["not_embedded"] else ""))
+        for pair in duplicates["pairs"][:50]:
+            print(f"  pool {pair['pool_id']} ~ test {pair['test_id']}: {pair['similarity']:.4f}")
+        if duplicates["count"] > 50:
+            print(f"  ... and {duplicates['count'] - 50} more (see --json)")
+    return 1 if info["found"] else 0
 
 
 def _round_line(r: dict[str, Any]) -> str:
@@ -239,7 +279,11 @@ def cmd_label(args: argparse.Namespace) -> int:
     from active.engine.project import open_project
 
     project = open_project(args.project_dir)
-    label_id = record_label(project, args.image_id, args.label, args.annotator, seconds_spent=args.seconds)
+    label_id = record_label(project, args.image_id, args.label, args.annotator, seconds_spent=args.seconds,
+                            test_split=args.test_split)
+    if args.test_split and project.db.image(args.image_id)["split"] == "test":
+        print(f"image {args.image_id} is a test-split image: its label is kept apart (source 'test-split'); "
+              "test metrics still use its held-out ground truth")
     print(f"label {label_id}: image {args.image_id} = {project.canonical_class(args.label)} by {args.annotator}")
     if not args.no_auto_train:
         from active.engine.policy import start_round_if_due
@@ -580,6 +624,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--follow-links", action="store_true",
                    help="also ingest files that symbolic links lead to outside IMAGES_DIR (refused by default)")
+    p.add_argument("--groups-from", default=None, metavar="FILE.csv",
+                   help="patient (and study) of each image from a CSV: columns file (or path), patient_id (or "
+                        "patient/subject), optional study_id (or study); default: DICOM PatientID and "
+                        "StudyInstanceUID. The test split is then drawn by patient")
     p.add_argument("--dicomweb", default=None, metavar="URL",
                    help="fetch from a PACS's DICOMweb service root (QIDO-RS, WADO-RS), e.g. "
                         "http://pacs:8042/dicom-web; instances already in the project are not fetched again")
@@ -598,12 +646,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
     p.add_argument("--json", action="store_true")
 
+    p = add("leakage", cmd_leakage, "Check the test split for leakage: patients or studies in both splits and, "
+                                    "after `embed`, test images that are near-duplicates of pool images (exit 1 "
+                                    "when there is any).")
+    p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="near-duplicate: cosine similarity of the embeddings after subtracting their mean above "
+                        "this (default 0.98, as the suggestions' near-duplicate filter)")
+    p.add_argument("--json", action="store_true")
+
     p = add("label", cmd_label, "Record one label (the same code path as the app).")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
     p.add_argument("image_id", type=int, metavar="IMAGE_ID")
     p.add_argument("label", metavar="LABEL")
     p.add_argument("--annotator", required=True)
     p.add_argument("--seconds", type=float, default=None, help="time spent on the image")
+    p.add_argument("--test-split", action="store_true",
+                   help="allow labeling a held-out test-split image (refused otherwise); the label is marked "
+                        "'test-split' and never replaces its ground truth in test metrics")
     p.add_argument("--no-auto-train", action="store_true",
                    help="do not start a training round even when the round policy says one is due")
 

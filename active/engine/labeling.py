@@ -44,13 +44,18 @@ def validate_annotator(name: str) -> str:
 
 
 def record_label(project: Project, image_id: int, label: str, annotator: str, *,
-                 seconds_spent: float | None = None, source: str = "cli") -> int:
-    """Validate and store one label; it is committed when this returns. Returns the label id."""
+                 seconds_spent: float | None = None, source: str = "cli", test_split: bool = False) -> int:
+    """Validate and store one label; it is committed when this returns. Returns the label id.
+
+    A held-out test image is refused (CxrAlError) unless test_split: then the label is recorded with source
+    'test-split' (store.db.TEST_SPLIT_SOURCE), shown as such, and test metrics still use the image's held-out
+    ground truth (active.engine.rounds.ground_truth)."""
     canonical = project.canonical_class(label)
     annotator = validate_annotator(annotator)
     if seconds_spent is not None and not (0 <= float(seconds_spent) < 86400):
         raise CxrAlError("seconds spent must be between 0 and 86400")
-    return project.db.add_label(int(image_id), canonical, annotator, seconds_spent=seconds_spent, source=source)
+    return project.db.add_label(int(image_id), canonical, annotator, seconds_spent=seconds_spent, source=source,
+                                test_split="mark" if test_split else "refuse")
 
 
 def undo_label(project: Project, annotator: str) -> dict[str, Any] | None:

@@ -270,13 +270,17 @@ def embed(project: Project, *, checkpoint: str | None = None, init: str | None =
 
 # ----------------------------------------------------------------------------- training rounds
 def ground_truth(project: Project) -> pd.DataFrame:
-    """Labels that count as truth for training and test metrics: consensus labels, else hidden oracle labels
-    for test images (image_id, label, split)."""
+    """Labels that count as truth (image_id, label, split): for training, the consensus of the pool's labels;
+    for test metrics, only the held-out ground truth of test images: the hidden oracle label, else the label
+    imported with the image at ingest. Labels annotators give a test image (source 'test-split') never count."""
     images = project.db.images()[["id", "split"]].rename(columns={"id": "image_id"})
-    labels = labeled_set(project.db)[["image_id", "label"]]
+    labels = labeled_set(project.db, split="pool")[["image_id", "label"]]
     oracle = project.db.oracle_labels()
     test_oracle = oracle[oracle["image_id"].isin(images.loc[images["split"] == "test", "image_id"])]
-    truth = pd.concat([labels, test_oracle[~test_oracle["image_id"].isin(labels["image_id"])]])
+    current = project.db.current_labels()
+    imported = current[(current["split"] == "test") & (current["source"] == "import")
+                       & ~current["image_id"].isin(test_oracle["image_id"])]
+    truth = pd.concat([labels, test_oracle, imported.drop_duplicates("image_id", keep="last")[["image_id", "label"]]])
     truth = truth[truth["label"].isin(project.classes)]
     return truth.merge(images, on="image_id")
 

@@ -11,6 +11,7 @@ from active.engine.policy import labels_since_last_train, round_due
 from active.engine.rounds import current_rounds
 from active.views.dashboard import CURVE_METRICS, number
 from active.views.efficiency import efficiency
+from active.views.leakage import grouping
 from store.db import utcnow
 from store.project import Project
 
@@ -35,6 +36,7 @@ def status(project: Project) -> dict[str, Any]:
     summary["embeddings"], summary["index"] = _embedding_status(project)
     summary["round_due"] = bool(round_due(project))
     summary["efficiency"] = efficiency(project)
+    summary["grouping"] = grouping(project)  # patients and studies, and the groups in both splits (leakage)
     return summary
 
 

@@ -26,7 +26,7 @@ def cxr(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
 
 def test_every_command_has_help(tmp_path) -> None:
     for cmd in ("demo", "demo-data", "init", "ingest", "status", "label", "undo", "export", "pretrain", "embed",
-                "train", "suggest", "explain", "simulate", "serve", "user add", "user list"):
+                "train", "suggest", "explain", "simulate", "serve", "user add", "user list", "leakage"):
         out = cxr(*cmd.split(), "--help", cwd=tmp_path).stdout
         assert "usage: cxr-al " + cmd in out
 
@@ -65,6 +65,33 @@ def test_end_to_end_on_phantoms(tmp_path) -> None:
     assert list(frame["image_id"]) == [1] and frame["label"].iloc[0] == "Normal"
     cxr("export", "proj", "folder", "--format", "imagefolder", cwd=tmp_path)
     assert len(list((tmp_path / "folder" / "Normal").iterdir())) == 1
+
+
+def test_patients_leakage_and_test_split_labels(tmp_path) -> None:
+    """ingest --groups-from, the grouping in status, leakage, and label --test-split (refused without it)."""
+    from store.project import open_project
+
+    cxr("demo-data", "demo", "--n", "16", "--size", "32", "--seed", "2", cwd=tmp_path)
+    files = sorted(p.relative_to(tmp_path / "demo" / "images").as_posix()
+                   for p in (tmp_path / "demo" / "images").rglob("*.png"))
+    (tmp_path / "groups.csv").write_text("file,subject\n" + "".join(f"{f},P{i % 4}\n" for i, f in enumerate(files)))
+    cxr("init", "proj", "--classes", "Normal,Consolidation,GroundGlass,Interstitial", cwd=tmp_path)
+    report = json.loads(cxr("ingest", "proj", "demo/images", "--labels-from", "folders", "--test-fraction", "0.25",
+                            "--groups-from", "groups.csv", "--json", cwd=tmp_path).stdout)
+    assert report["added"] == 16 and report["patients"] == 4 and report["test"] % 4 == 0
+    text = cxr("status", "proj", cwd=tmp_path).stdout
+    assert "patients: 4" in text and "leakage: 0" in text
+    leak = cxr("leakage", "proj", cwd=tmp_path)
+    assert "in both splits: 0" in leak.stdout and "not checked" in leak.stdout
+    assert json.loads(cxr("leakage", "proj", "--json", cwd=tmp_path).stdout)["found"] is False
+
+    test_id = str(int(open_project(tmp_path / "proj").db.images("test")["id"].iloc[0]))
+    refused = cxr("label", "proj", test_id, "Normal", "--annotator", "alice", cwd=tmp_path, ok=False)
+    assert refused.returncode == 2 and "--test-split" in refused.stderr and "Traceback" not in refused.stderr
+    given = cxr("label", "proj", test_id, "Normal", "--annotator", "alice", "--test-split", "--no-auto-train",
+                cwd=tmp_path)
+    assert "test-split" in given.stdout
+    assert "test-split labels: 1" in cxr("status", "proj", cwd=tmp_path).stdout
 
 
 def test_user_errors_are_one_line(tmp_path) -> None:

@@ -149,3 +149,35 @@ def test_upcoming_is_what_comes_next_and_claims_nothing(project):
     labeling.skip_current(ls)
     assert labeling.current_image(ls)["image_id"] == ahead[0]["image_id"]
     assert pool[2] not in [a["image_id"] for a in labeling.upcoming(ls, 10)]
+
+
+def test_a_test_image_is_labeled_only_on_request_and_never_changes_test_metrics(project, tmp_path):
+    from active.engine.rounds import ground_truth
+    from active.views.review import relabel
+
+    test_id = int(project.db.images("test")["id"].iloc[0])
+    truth = project.db.oracle_labels().set_index("image_id")["label"][test_id]
+    other = next(c for c in project.classes if c != truth)
+    with pytest.raises(CxrAlError, match="test split.*--test-split"):
+        labeling.record_label(project, test_id, other, "alice")
+    with pytest.raises(CxrAlError, match="test split"):
+        relabel(project, test_id, other, "lena", any_image=True)
+    assert project.db.label_history(test_id).empty  # refused: nothing written
+    labeling.record_label(project, test_id, other, "alice", test_split=True)
+    assert project.db.label_history(test_id)["source"].tolist() == ["test-split"]  # shown as such
+    pool_id = int(project.db.images("pool")["id"].iloc[0])
+    labeling.record_label(project, pool_id, "Normal", "alice", test_split=True)  # on a pool image: a label
+    assert project.db.label_history(pool_id)["source"].tolist() == ["cli"]
+    truth_now = ground_truth(project).set_index("image_id")
+    assert truth_now.loc[test_id, "label"] == truth and truth_now.loc[test_id, "split"] == "test"
+    assert truth_now.loc[pool_id, "label"] == "Normal"
+
+    data = write_phantom_dataset(tmp_path / "imported", n=12, seed=4, size=32)
+    imported = init_project(tmp_path / "q", list(PHANTOM_CLASSES), image_size=32)
+    ingest_folder(imported.db, data / "images", imported.classes, labels_from="folders", labels_as="labels",
+                  test_fraction=0.5, seed=0)
+    test_id = int(imported.db.images("test")["id"].iloc[0])
+    given = imported.db.current_labels().set_index("image_id")["label"][test_id]  # imported with the image
+    other = next(c for c in imported.classes if c != given)
+    labeling.record_label(imported, test_id, other, "alice", test_split=True)
+    assert ground_truth(imported).set_index("image_id").loc[test_id, "label"] == given
