@@ -33,8 +33,16 @@ def render() -> None:
     annotator = c3.selectbox("Annotator", [ANY, *annotators], key="export_annotator")
     agreement = c4.selectbox("Agreement", [ANY, "single", "agree", "disagree"], key="export_agreement",
                              help="single: one annotator; agree / disagree: several annotators, same or different labels")
+    o1, o2 = st.columns(2)
+    paths = o1.checkbox("Source paths", value=True, key="export_paths",
+                        help="a source_path column relative to the ingest folder; leave it out when file "
+                             "names carry patient identifiers")
+    keep_uids = o2.checkbox("Keep DICOM UIDs", value=False, key="export_keep_uids",
+                            help="Study/Series/SOP Instance UIDs as recorded, for PACS round trips; they hold no "
+                                 "name but lead back to the patient for whoever holds the PACS. Off: project "
+                                 "pseudonyms (2.25.<number>) that still group images by study")
     filters = {"split": split, "classes": classes or None, "annotator": None if annotator == ANY else annotator,
-               "agreement": None if agreement == ANY else agreement}
+               "agreement": None if agreement == ANY else agreement, "paths": paths, "keep_uids": keep_uids}
     try:
         frame = export.export_frame(project, **filters)
     except CxrAlError as exc:
@@ -49,7 +57,8 @@ def render() -> None:
                                key=f"export_download_{fmt}", on_click="ignore", disabled=frame.empty,
                                icon=":material/download:")
     st.caption("Every row carries its provenance: who labeled it, when, in which round, and the agreement "
-               "status. Downloads are logged.")
+               "status. No patient identifiers leave: images are named by id and lose their embedded "
+               "metadata, DICOM goes out as PNG pixels without its header. Downloads are logged.")
     st.dataframe(frame.head(1000), hide_index=True, key="export_preview")
 
 
