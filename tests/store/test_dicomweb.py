@@ -175,14 +175,16 @@ def test_cli_ingest_from_dicomweb(project, pacs) -> None:
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo), "CXR_AL_DICOMWEB_PASSWORD": PASSWORD}
 
-    def cxr(*args: str) -> subprocess.CompletedProcess:
+    def cxr(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "active.delivery.cli", "ingest", str(project.root), *args],
-                              env=env, capture_output=True, text=True, timeout=120)
+                              env=env, capture_output=True, text=True, timeout=120, input=stdin)
 
     done = cxr("--dicomweb", pacs.url, "--dicomweb-user", USER, "--since", "2024-03-01")
     assert done.returncode == 0, done.stderr
     assert "fetched 5 instances" in done.stdout and "added 5 images" in done.stdout
-    as_json = cxr("--dicomweb", pacs.url, "--dicomweb-user", USER, "--study", pacs.studies[0], "--json")
+    del env["CXR_AL_DICOMWEB_PASSWORD"]
+    as_json = cxr("--dicomweb", pacs.url, "--dicomweb-user", USER, "--dicomweb-password-stdin", "--study",
+                  pacs.studies[0], "--json", stdin=PASSWORD + "\n")
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout)["fetched"] == 2
     for args, words in [((), "give IMAGES_DIR or --dicomweb"), (("some/folder", "--dicomweb", pacs.url), "not both"),
