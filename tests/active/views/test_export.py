@@ -191,3 +191,20 @@ def test_torchvision_and_datasets_load_the_imagefolder(planted, tmp_path) -> Non
         assert len(rows) == sum(1 for s, _, _ in _exported_images(out) if s == split)
         for row in rows:
             assert row["label"] == consensus[row["image_id"]] and row["image"].size == (24, 24)
+
+
+def test_cli_export_links_originals_with_a_warning_and_omits_paths(planted, tmp_path, capsys) -> None:
+    from active.delivery.cli import build_parser
+
+    out = tmp_path / "linked"
+    args = build_parser().parse_args(["export", str(planted.root), str(out), "--format", "imagefolder", "--link",
+                                      "--no-paths", "--keep-uids"])
+    assert args.func(args) == 0
+    assert "--link" in capsys.readouterr().err
+    sources = labeled_set(planted.db).set_index("image_id")["path"]
+    images = [p for p in out.rglob("*") if p.is_file() and p.parent.parent.name in ("train", "test")]
+    linked = [p for p in images if p.samefile(sources[int(p.stem)])]
+    assert linked and all(not sources[int(p.stem)].endswith(".dcm") for p in linked)  # DICOM still as PNG
+    assert all(p.stem.isdigit() for p in images)  # names stay pseudonymous
+    assert "source_path" not in pd.read_csv(out / "manifest.csv").columns
+    assert '"linked_originals": true' in (out / MARKER).read_text()
