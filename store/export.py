@@ -125,9 +125,22 @@ def export_table(db: ProjectDB, labeled: pd.DataFrame, *, paths: bool = True, ke
     table["source_path"] = [relative_source_path(p, roots) for p in table["path"]] if paths else None
     if not keep_uids and len(table):
         secret = db.secret("pseudonym")
+        raw = table[list(UID_COLUMNS)].copy()
         for col in UID_COLUMNS:
-            table[col] = [pseudonymous_uid(secret, str(v)) if isinstance(v, str) and v else None for v in table[col]]
+            table[col] = [pseudonymous_uid(secret, v) if isinstance(v, str) and v else None for v in raw[col]]
+        if paths:  # files fetched from a PACS are stored as <study>/<series>/<sop>.dcm: their UIDs go too
+            table["source_path"] = [_replace_uids(path, uids, secret)
+                                    for path, uids in zip(table["source_path"], raw.itertuples(index=False),
+                                                          strict=True)]
     return table[[c for c in EXPORT_COLUMNS if paths or c != "source_path"]]
+
+
+def _replace_uids(path: str, uids: tuple, secret: bytes) -> str:
+    """A path with each of the image's UIDs in it replaced by its pseudonym; a UID counts only as a whole
+    (a series UID often extends its study's UID: 1.2.3 is not replaced inside 1.2.3.4)."""
+    for uid in sorted({u for u in uids if isinstance(u, str) and u}, key=len, reverse=True):
+        path = re.sub(rf"(?<![\d.]){re.escape(uid)}(?!\d|\.\d)", pseudonymous_uid(secret, uid), path)
+    return path
 
 
 # ----------------------------------------------------------------------------- image files without metadata

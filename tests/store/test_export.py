@@ -78,8 +78,10 @@ def test_export_table_paths_are_relative_to_the_ingest_folder(ingested_project, 
 
 
 def test_uids_are_pseudonymised_consistently_unless_kept(project) -> None:
-    rows = [{"path": f"/x/{i}.png", "sha256": f"{i:064d}", "size_bytes": 1, "width": 8, "height": 8,
-             "format": "png", "modality": None, "split": "pool", "patient_key": "pk-1",
+    pacs = project.root.resolve() / "pacs" / "1.2.840.99.1"  # where a PACS ingest keeps its files
+    rows = [{"path": str(pacs / f"1.2.840.99.1.{i}" / f"1.2.840.99.1.{i}.1.dcm"), "sha256": f"{i:064d}",
+             "size_bytes": 1, "width": 8, "height": 8, "format": "dicom", "modality": "DX", "split": "pool",
+             "patient_key": "pk-1",
              "study_uid": "1.2.840.99.1", "series_uid": f"1.2.840.99.1.{i}", "sop_uid": f"1.2.840.99.1.{i}.1"}
             for i in (1, 2)]
     project.db.add_images(rows)
@@ -93,8 +95,11 @@ def test_uids_are_pseudonymised_consistently_unless_kept(project) -> None:
     assert list(table["patient_key"]) == ["pk-1", "pk-1"]  # already a keyed pseudonym
     assert table["study_uid"].iloc[0] == pseudonymous_uid(project.db.secret("pseudonym"), "1.2.840.99.1")
     assert pseudonymous_uid(b"another project", "1.2.840.99.1") != table["study_uid"].iloc[0]
+    study, series, sop = table.iloc[0][["study_uid", "series_uid", "sop_uid"]]
+    assert table["source_path"].iloc[0] == f"pacs/{study}/{series}/{sop}.dcm"  # the UIDs in its path too
     kept = export_table(project.db, labeled, keep_uids=True)
     assert list(kept["sop_uid"]) == ["1.2.840.99.1.1.1", "1.2.840.99.1.2.1"]
+    assert kept["source_path"].iloc[0] == "pacs/1.2.840.99.1/1.2.840.99.1.1/1.2.840.99.1.1.1.dcm"
 
 
 @pytest.mark.parametrize("fmt,reader", [
