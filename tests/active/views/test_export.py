@@ -171,7 +171,7 @@ def test_imagefolder_is_exactly_the_labeled_set_after_a_relabel_and_overwrite(pl
     assert (out / MARKER).is_file()
 
 
-def test_torchvision_and_datasets_load_the_imagefolder(planted, tmp_path) -> None:
+def test_torchvision_loads_the_imagefolder(planted, tmp_path) -> None:
     from torchvision.datasets import ImageFolder
 
     out = tmp_path / "folder"
@@ -184,7 +184,15 @@ def test_torchvision_and_datasets_load_the_imagefolder(planted, tmp_path) -> Non
             assert data.classes[target] == consensus[int(Path(path).stem)]
         image, _ = data[0]
         assert image.size == (24, 24)
-    datasets = pytest.importorskip("datasets")
+
+
+def test_hugging_face_datasets_loads_the_imagefolder_with_its_splits(planted, tmp_path, monkeypatch) -> None:
+    for offline in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # read when datasets is imported: no network
+        monkeypatch.setenv(offline, "1")
+    datasets = pytest.importorskip("datasets")  # not a dependency (large): tried with it installed aside
+    out = tmp_path / "folder"
+    export(planted, out, "imagefolder")
+    consensus = labeled_set(planted.db).set_index("image_id")["label"]
     loaded = datasets.load_dataset("imagefolder", data_dir=str(out), cache_dir=str(tmp_path / "hf-cache"))
     assert set(loaded) == {"train", "test"}
     for split, rows in loaded.items():
