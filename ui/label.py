@@ -30,6 +30,8 @@ LATEST_ROUND_KEY = "label_latest_round"
 LABELS_REFRESH_S = 30  # the neighbour panel's view of who labeled what is refreshed this often
 WINDOW_FOR_KEY = "view_window_for"  # (image path, preset) the level and width fields were last set for
 VIEW_DEFAULTS = {"view_preset": viewer.FILE_DEFAULT, "view_zoom": 1.0, "view_pan_x": 50, "view_pan_y": 50}
+WINDOW_SOURCES = {"dicom-window": "the file's window", "dicom-voi-lut": "the file's VOI LUT range",
+                  "full-range": "full range (the file has no window)", "8-bit": "as stored"}
 PRESET_HELP = ("File default: the window stored in the file (DICOM), else its full range (8-bit images as "
                "stored). Lung / Mediastinum / Bone: CT windows in HU on CT data; on radiographs, which have no "
                "HU, the same windows relative to the image's own 1st-99th percentile range (air = -1000, "
@@ -137,7 +139,7 @@ def _window_controls(info: NativeInfo | None, path: str) -> tuple[float, float]:
     if info is not None:
         inverted = ", MONOCHROME1 (inverted)" if info.inverted else ""
         st.caption(f"{info.bits_stored}-bit values {info.value_range[0]:g} to {info.value_range[1]:g}{units}"
-                   f"{inverted}; file window: {info.window_source}")
+                   f"{inverted}; file default: {WINDOW_SOURCES.get(info.window_source, info.window_source)}")
     return float(level), float(width)
 
 

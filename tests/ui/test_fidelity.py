@@ -8,12 +8,12 @@ import io
 import re
 import urllib.error
 import urllib.request
-from urllib.parse import urlparse
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from browser_steps import explain_failure, shown_image_id, sign_in
+from browser_steps import explain_failure, screenshot, shown_image_id, sign_in
 from PIL import Image
 
 pytestmark = pytest.mark.browser
@@ -31,15 +31,26 @@ CANVAS_PIXELS = """img => {
 }"""
 
 
-def _expected_view(project, image_id: int) -> np.ndarray:
-    """What the label page should show for an image with the default view: its file window, fitted."""
+def _expected_view(project, image_id: int, preset: str = "File default") -> np.ndarray:
+    """What the label page should show for an image, unzoomed, with a window preset."""
     from store.images import read_native
     from ui import viewer
 
     path = Path(project.db.image(image_id)["path"])
     values, info = read_native(path if path.is_absolute() else project.root / path)
-    center, width = viewer.preset_window(info, viewer.FILE_DEFAULT)
+    center, width = viewer.preset_window(info, preset)
     return viewer.render_native(values, info, center=center, width=width)
+
+
+def _shown_png(page, old_src: str | None = None) -> tuple[str, np.ndarray]:
+    """(src, pixels) of the label page's radiograph once it is a loaded data: URI other than old_src."""
+    page.wait_for_function(
+        """old => {
+        const img = document.querySelector('.st-key-label-image img');
+        return img && img.src !== old && img.src.startsWith('data:image/png') && img.complete && img.naturalWidth;
+    }""", arg=old_src)
+    src = page.locator(".st-key-label-image img").first.get_attribute("src")
+    return src, np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
 
 
 def _status(url: str) -> tuple[int, str]:
@@ -62,17 +73,22 @@ def test_label_page_shows_the_rendered_pixels_without_media_urls(app_url, new_pa
     page.on("request", lambda request: requested.append(request.url))
     sign_in(page, app_url, "carol", passwords["carol"])
     image_id = shown_image_id(page)
+    screenshot(page, "label-native-window")
     img = page.locator(".st-key-label-image img").first
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img.element_handle())
-
-    src = img.get_attribute("src")
-    assert src and src.startswith("data:image/png;base64,"), f"the radiograph is not inline: {src[:80]!r}"
-    sent = base64.b64decode(src.split(",", 1)[1])
+    src = img.get_attribute("src") or ""
+    assert src.startswith("data:image/png;base64,"), f"the radiograph is not inline: {src[:80]!r}"
+    src, shown = _shown_png(page)
     expected = _expected_view(browser_project, image_id)
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(sent))), expected)  # the PNG the viewer made
+    assert np.array_equal(shown, expected)  # the PNG the viewer made
     drawn = page.evaluate(CANVAS_PIXELS, img.element_handle())
     decoded = np.array(drawn["red"], dtype=np.uint8).reshape(drawn["height"], drawn["width"])
     assert np.array_equal(decoded, expected)  # and what Chromium decoded from it, pixel for pixel
+
+    page.locator(".st-key-view_preset").click()  # a preset redraws the image through the same path
+    page.get_by_role("option", name="Lung").click()
+    _, lung = _shown_png(page, src)
+    assert np.array_equal(lung, _expected_view(browser_project, image_id, "Lung"))
+    assert not np.array_equal(lung, expected)
 
     page.wait_for_timeout(1000)  # late requests (fragments, prefetch) too
     media = [u for u in requested if urlparse(u).path.startswith("/media/")]  # not /static/media/ (fonts)
@@ -81,7 +97,7 @@ def test_label_page_shows_the_rendered_pixels_without_media_urls(app_url, new_pa
     html = page.content()
     assert not re.search(r'(src|href)="[^"]*?(?<!/static)/media/', html)
     # had st.image served this PNG, it would sit at /media/<its id>.png for anyone with the address; it does not
-    for data in (sent, viewer.png(expected)):
+    for data in (base64.b64decode(src.split(",", 1)[1]), viewer.png(expected)):
         name = f"{_calculate_file_id(data, 'image/png')}.png"
         status, kind = _status(f"{app_url}/media/{name}")
         assert status == 404 and not kind.startswith("image/"), (name, status, kind)
