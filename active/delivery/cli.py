@@ -312,8 +312,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from active.views.export import export
 
     classes = [c for c in args.classes.split(",") if c.strip()] if args.classes else None
+    if args.link:
+        print("cxr-al: warning: --link: the linked files are the originals, with their embedded metadata (PNG text, "
+              "EXIF, comments); keep this folder inside the project's trust boundary", file=sys.stderr)
     path, n = export(open_project(args.project_dir), args.out, args.format, split=args.split, classes=classes,
-                     annotator=args.annotator, agreement=args.agreement, link=args.link, overwrite=args.overwrite)
+                     annotator=args.annotator, agreement=args.agreement, paths=not args.no_paths,
+                     keep_uids=args.keep_uids, link=args.link, overwrite=args.overwrite)
     print(f"exported {n} labeled images to {path} ({args.format})")
     return 0
 
@@ -679,8 +683,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None, help="only these classes (comma-separated)")
     p.add_argument("--annotator", default=None, help="only images this annotator labeled")
     p.add_argument("--agreement", default=None, choices=["single", "agree", "disagree"])
-    p.add_argument("--link", action="store_true", help="imagefolder: hard-link instead of copying")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing export file")
+    p.add_argument("--no-paths", action="store_true",
+                   help="no source_path column (by default: the path relative to the ingest folder, never absolute)")
+    p.add_argument("--keep-uids", action="store_true",
+                   help="DICOM Study/Series/SOP Instance UIDs as recorded, for PACS round trips (default: "
+                        "per-project pseudonyms 2.25.<number>)")
+    p.add_argument("--link", action="store_true",
+                   help="imagefolder: hard-link the original files (named by image id; they keep their embedded "
+                        "metadata) instead of writing metadata-free copies")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing export file, or an imagefolder an earlier export wrote (it then holds "
+                        "exactly the current labeled set)")
     p = add("pretrain", cmd_pretrain, "Self-supervised pretraining of a backbone on all project images.")
     p.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
     _add_choice(p, "--method", SSL_METHOD_CHOICES, "METHOD", default="simclr", help_text="default simclr")
