@@ -17,8 +17,9 @@ import pandas as pd
 import streamlit as st
 
 from active.engine import labeling, policy
-from active.views import explain, export
+from active.views import explain
 from store.errors import CxrAlError
+from store.export import labeled_set
 from store.images import NativeInfo
 from store.project import Project, open_project
 from ui import session, viewer
@@ -195,7 +196,7 @@ def _overlay(root: str, round_id: int, image_id: int) -> tuple[bytes, str]:
 @st.cache_data(max_entries=4, show_spinner=False)
 def _labeled_images(root: str, labels_stamp: int) -> pd.DataFrame:
     """Labeled images (image_id, consensus label, path), recomputed when the labels change."""
-    frame = export.export_frame(open_project(root))
+    frame = labeled_set(open_project(root).db)  # the recorded paths: the export view leaves them out
     return frame[["image_id", "label", "path"]].reset_index(drop=True)
 
 
