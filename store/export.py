@@ -116,7 +116,7 @@ def relative_source_path(path: str, roots: list[str]) -> str:
     return pure.name
 
 
-def export_table(db: ProjectDB, labeled: pd.DataFrame, *, paths: bool = True, keep_uids: bool = False) -> pd.DataFrame:
+def export_table(db: ProjectDB, labeled: pd.DataFrame, *, paths: bool = False, keep_uids: bool = False) -> pd.DataFrame:
     """The export's rows for a labeled set (labeled_set(..., packed=False)), aligned with it row by row:
     source_path relative to the ingest folder (left out when not `paths`), DICOM UIDs pseudonymised unless
     `keep_uids` (raw UIDs hold no name but lead back to the patient for whoever holds the PACS)."""

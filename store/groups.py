@@ -100,8 +100,6 @@ def choose_grouped_test_split(paths: Sequence[str], labels: Sequence[str | None]
     other groups, those with at least one label are dealt into SPLIT_FOLDS folds by scikit-learn's
     StratifiedGroupKFold and round(fraction * folds) folds, picked at random, become the test split, with
     every image of their groups (unlabeled ones too: a patient is never in both splits)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
     assigned = assigned or {}
     chosen = {p for p, g in zip(paths, groups, strict=True) if assigned.get(g) == "test"}
     free = [(p, lab, g) for p, lab, g in zip(paths, labels, groups, strict=True) if g not in assigned]
@@ -109,6 +107,8 @@ def choose_grouped_test_split(paths: Sequence[str], labels: Sequence[str | None]
     n_groups = len({g for _, g in labeled})
     if fraction <= 0 or n_groups < 2:
         return chosen
+    from sklearn.model_selection import StratifiedGroupKFold  # 3-4 s to import: only when a split is drawn
+
     y = [lab for lab, _ in labeled]
     g = [grp for _, grp in labeled]
     folds = min(SPLIT_FOLDS, n_groups, max(Counter(y).values()))  # scikit-learn: no more folds than that

@@ -34,9 +34,9 @@ def render() -> None:
     agreement = c4.selectbox("Agreement", [ANY, "single", "agree", "disagree"], key="export_agreement",
                              help="single: one annotator; agree / disagree: several annotators, same or different labels")
     o1, o2 = st.columns(2)
-    paths = o1.checkbox("Source paths", value=True, key="export_paths",
-                        help="a source_path column relative to the ingest folder; leave it out when file "
-                             "names carry patient identifiers")
+    paths = o1.checkbox("Source paths", value=False, key="export_paths",
+                        help="a source_path column relative to the ingest folder. Off by default: file and "
+                             "folder names often carry patient identifiers")
     keep_uids = o2.checkbox("Keep DICOM UIDs", value=False, key="export_keep_uids",
                             help="Study/Series/SOP Instance UIDs as recorded, for PACS round trips; they hold no "
                                  "name but lead back to the patient for whoever holds the PACS. Off: project "

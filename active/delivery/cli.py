@@ -316,7 +316,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print("cxr-al: warning: --link: the linked files are the originals, with their embedded metadata (PNG text, "
               "EXIF, comments); keep this folder inside the project's trust boundary", file=sys.stderr)
     path, n = export(open_project(args.project_dir), args.out, args.format, split=args.split, classes=classes,
-                     annotator=args.annotator, agreement=args.agreement, paths=not args.no_paths,
+                     annotator=args.annotator, agreement=args.agreement, paths=args.source_paths,
                      keep_uids=args.keep_uids, link=args.link, overwrite=args.overwrite)
     print(f"exported {n} labeled images to {path} ({args.format})")
     return 0
@@ -683,8 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None, help="only these classes (comma-separated)")
     p.add_argument("--annotator", default=None, help="only images this annotator labeled")
     p.add_argument("--agreement", default=None, choices=["single", "agree", "disagree"])
-    p.add_argument("--no-paths", action="store_true",
-                   help="no source_path column (by default: the path relative to the ingest folder, never absolute)")
+    p.add_argument("--source-paths", action="store_true",
+                   help="add a source_path column: the path relative to the ingest folder, never absolute (off by "
+                        "default: file and folder names often carry patient identifiers)")
     p.add_argument("--keep-uids", action="store_true",
                    help="DICOM Study/Series/SOP Instance UIDs as recorded, for PACS round trips (default: "
                         "per-project pseudonyms 2.25.<number>)")

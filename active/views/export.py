@@ -26,7 +26,7 @@ def _labeled(project: Project, split: str, classes: list[str] | None, annotator:
 
 
 def export_frame(project: Project, *, split: str = "all", classes: list[str] | None = None,
-                 annotator: str | None = None, agreement: str | None = None, paths: bool = True,
+                 annotator: str | None = None, agreement: str | None = None, paths: bool = False,
                  keep_uids: bool = False) -> pd.DataFrame:
     """The labeled set as it is exported (no patient identifiers, see store.export), filtered as asked."""
     return export_table(project.db, _labeled(project, split, classes, annotator, agreement), paths=paths,
@@ -34,7 +34,7 @@ def export_frame(project: Project, *, split: str = "all", classes: list[str] | N
 
 
 def export(project: Project, out: Path | str, fmt: str, *, split: str = "all", classes: list[str] | None = None,
-           annotator: str | None = None, agreement: str | None = None, paths: bool = True,
+           annotator: str | None = None, agreement: str | None = None, paths: bool = False,
            keep_uids: bool = False, link: bool = False, overwrite: bool = False,
            actor: str | None = None) -> tuple[Path, int]:
     """Write the labeled set to OUT; returns (path written, number of images).
@@ -61,7 +61,7 @@ def export_file_name(project: Project, fmt: str, split: str = "all") -> str:
 
 
 def export_download(project: Project, fmt: str, *, split: str = "all", classes: list[str] | None = None,
-                    annotator: str | None = None, agreement: str | None = None, paths: bool = True,
+                    annotator: str | None = None, agreement: str | None = None, paths: bool = False,
                     keep_uids: bool = False, actor: str | None = None) -> bytes:
     """The filtered labeled set as the bytes of one downloadable file (imagefolder as a zip); logged as an export."""
     file_name = export_file_name(project, fmt, split)

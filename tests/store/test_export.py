@@ -66,12 +66,12 @@ def test_labeled_set_has_provenance_and_agreement(ingested_project) -> None:
 def test_export_table_paths_are_relative_to_the_ingest_folder(ingested_project, phantom_dir) -> None:
     _label_some(ingested_project)
     labeled = labeled_set(ingested_project.db, packed=False)
-    table = export_table(ingested_project.db, labeled)
+    assert "source_path" not in export_table(ingested_project.db, labeled).columns  # off by default
+    table = export_table(ingested_project.db, labeled, paths=True)
     assert "path" not in table.columns
     root = (phantom_dir / "images").resolve()
     for rel, full in zip(table["source_path"], labeled["path"], strict=True):
         assert not Path(rel).is_absolute() and (root / rel) == Path(full)
-    assert "source_path" not in export_table(ingested_project.db, labeled, paths=False).columns
     roots = ["/data/DOE_JOHN/xrays", "/data"]
     assert relative_source_path("/data/DOE_JOHN/xrays/Normal/1.png", roots) == "Normal/1.png"
     assert relative_source_path("/elsewhere/DOE_JOHN/1.png", roots) == "1.png"  # never absolute
@@ -88,7 +88,7 @@ def test_uids_are_pseudonymised_consistently_unless_kept(project) -> None:
     for image_id in project.db.images()["id"]:
         project.db.add_label(int(image_id), "Normal", "alice")
     labeled = labeled_set(project.db, packed=False)
-    table = export_table(project.db, labeled)
+    table = export_table(project.db, labeled, paths=True)
     assert table["study_uid"].nunique() == 1 and table["sop_uid"].nunique() == 2  # studies still group
     for uid in [*table["study_uid"], *table["series_uid"], *table["sop_uid"]]:
         assert uid.startswith("2.25.") and UID(uid).is_valid and "1.2.840.99" not in uid
@@ -97,7 +97,7 @@ def test_uids_are_pseudonymised_consistently_unless_kept(project) -> None:
     assert pseudonymous_uid(b"another project", "1.2.840.99.1") != table["study_uid"].iloc[0]
     study, series, sop = table.iloc[0][["study_uid", "series_uid", "sop_uid"]]
     assert table["source_path"].iloc[0] == f"pacs/{study}/{series}/{sop}.dcm"  # the UIDs in its path too
-    kept = export_table(project.db, labeled, keep_uids=True)
+    kept = export_table(project.db, labeled, paths=True, keep_uids=True)
     assert list(kept["sop_uid"]) == ["1.2.840.99.1.1.1", "1.2.840.99.1.2.1"]
     assert kept["source_path"].iloc[0] == "pacs/1.2.840.99.1/1.2.840.99.1.1/1.2.840.99.1.1.1.dcm"
 

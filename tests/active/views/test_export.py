@@ -115,8 +115,8 @@ def _export_everything(project, out: Path, **options) -> None:
 
 def test_no_planted_identifier_in_any_exported_byte(planted, tmp_path) -> None:
     assert len(labeled_set(planted.db)) == 8
-    out = tmp_path / "no-paths"
-    _export_everything(planted, out, paths=False)
+    out = tmp_path / "default"
+    _export_everything(planted, out)  # the defaults: no source paths, pseudonymous UIDs
     forbidden = [*IDENTIFIERS, str(tmp_path), STUDY_UID]
     assert _leaks(out, forbidden) == []
     names = {p.name for p in (out / "folder").rglob("*") if p.parent.parent.name in ("train", "test")}
@@ -125,11 +125,11 @@ def test_no_planted_identifier_in_any_exported_byte(planted, tmp_path) -> None:
     assert jpegs and all(b"Exif" not in p.read_bytes() and b"\xff\xfe" not in p.read_bytes() for p in jpegs)
 
 
-def test_default_export_paths_are_relative_and_uids_kept_only_when_asked(planted, tmp_path) -> None:
-    out = tmp_path / "default"
-    _export_everything(planted, out)
+def test_source_paths_are_relative_and_uids_kept_only_when_asked(planted, tmp_path) -> None:
+    out = tmp_path / "with-paths"
+    _export_everything(planted, out, paths=True)
     leaks = _leaks(out, [*IDENTIFIERS, str(tmp_path), STUDY_UID])
-    # the name in a file's stem is in its relative source_path, and only there (README: --no-paths)
+    # the name in a file's stem is in its relative source_path, and only there (README: --source-paths)
     assert leaks and {needle for _, needle in leaks} == {NAME_IN_STEM}
     paths = pd.read_csv(out / "labels.csv")["source_path"]
     assert all(p.split("/")[0] in PHANTOM_CLASSES for p in paths)
@@ -206,7 +206,7 @@ def test_cli_export_links_originals_with_a_warning_and_omits_paths(planted, tmp_
 
     out = tmp_path / "linked"
     args = build_parser().parse_args(["export", str(planted.root), str(out), "--format", "imagefolder", "--link",
-                                      "--no-paths", "--keep-uids"])
+                                      "--keep-uids"])
     assert args.func(args) == 0
     assert "--link" in capsys.readouterr().err
     sources = labeled_set(planted.db).set_index("image_id")["path"]
