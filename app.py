@@ -2,7 +2,8 @@
 
 Nothing of the project is shown before sign-in: every address shows the sign-in form until then,
 so a bookmarked page opens after signing in. After it, navigation lists only the pages the
-account's role may open; a page it may not open still has its address, and says so.
+account's role may open (its current role, read every run); a page it may not open still has its
+address, and says so. Sign-out ends the server-side session (ui/session.py).
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ PAGES = [
 
 st.set_page_config(page_title="CXR-AL", page_icon=":material/radiology:", layout="wide")
 
-user = session.current_user()
+session.deliver_cookie()  # right after a right password: the cookie goes to the browser, which reloads
+user = session.current_user()  # from the browser's session cookie, checked against the server's record every run
 if user is None:
     from ui.signin import render as signin
+
+    session.clear_cookie()
 
     pages = [st.Page(signin, title="Sign in", icon=":material/login:", url_path="signin", default=True)]
     pages += [st.Page(signin, title=f"Sign in ({title})", url_path=path, visibility="hidden")

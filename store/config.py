@@ -44,6 +44,23 @@ class RoundPolicy(BaseModel):
     random_share: float = Field(default=DEFAULT_ROUND_POLICY["random_share"], strict=False, ge=0.0, le=1.0)
 
 
+class AccessPolicy(BaseModel):
+    """Sign-in sessions and lockout (project.yaml `access`): seconds a session lives without a sign of life and at
+    most; failed sign-ins (per name tried) that lock it; seconds a lock lasts (0: until `cxr-al user unlock`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_idle_s: int = _int(30 * 60, 1, 7 * 24 * 3600)
+    session_max_s: int = _int(12 * 3600, 60, 90 * 24 * 3600)
+    lockout_failures: int = _int(10, 1, 1000)
+    lockout_s: int = _int(15 * 60, 0, 365 * 24 * 3600)
+
+
+def access_policy(config: dict[str, Any]) -> dict[str, int]:
+    """The access settings of a project configuration, defaults filled in."""
+    return AccessPolicy.model_validate(config.get("access") or {}).model_dump()
+
+
 class ProjectConfig(BaseModel):
     """The whole of project.yaml; unknown keys are refused so a typo never goes unnoticed."""
 
@@ -56,6 +73,7 @@ class ProjectConfig(BaseModel):
     backbone: Literal["resnet18", "resnet50", "densenet121"] = "resnet18"
     round_policy: RoundPolicy = Field(default_factory=RoundPolicy)
     double_read_fraction: float = Field(default=0.0, strict=True, ge=0.0, le=1.0)
+    access: AccessPolicy = Field(default_factory=AccessPolicy)
     created_at: str | None = None
 
     @field_validator("classes")
@@ -80,7 +98,7 @@ class ProjectConfig(BaseModel):
             raise ValueError(f"must be one of the classes {', '.join(classes)} (got {value!r})")
         return found
 
-    @field_validator("round_policy", mode="before")
+    @field_validator("round_policy", "access", mode="before")
     @classmethod
     def _empty_policy(cls, value: Any) -> Any:
         return {} if value is None else value  # `round_policy:` with nothing under it means the defaults

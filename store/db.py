@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import pandas as pd
 
 from store.errors import CxrAlError, ProjectBusyError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_BUSY_TIMEOUT_S = 15.0
 
 # Forward migrations: MIGRATIONS[v] takes a database at version v-1 to version v.
@@ -114,6 +114,42 @@ MIGRATIONS[3] = [
     "ALTER TABLE images ADD COLUMN IF NOT EXISTS sop_uid VARCHAR",
 ]
 IMAGE_IDENTIFIER_COLUMNS = ("patient_key", "study_uid", "series_uid", "sop_uid")
+
+# v4: access. A server-side record per sign-in (sessions, keyed by the SHA-256 of the browser's secret token), accounts
+# that can be disabled and that remember when their password changed (sessions begun before are over), failed sign-ins
+# counted per subject (a keyed hash of the name tried, or the client address) for throttling and lockout, and the
+# sign-in session that claimed a queue entry (its claims go back to the queue when it ends). Idempotent (IF NOT
+# EXISTS): a database set back to an older version migrates forward again.
+MIGRATIONS[4] = [
+    "ALTER TABLE annotators ADD COLUMN IF NOT EXISTS disabled_at TIMESTAMP",
+    "ALTER TABLE annotators ADD COLUMN IF NOT EXISTS credentials_changed_at TIMESTAMP",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        token_hash VARCHAR PRIMARY KEY,
+        annotator VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL,
+        last_seen TIMESTAMP NOT NULL,
+        idle_s INTEGER NOT NULL,
+        idle_expires_at TIMESTAMP NOT NULL,
+        expires_at TIMESTAMP NOT NULL,
+        ended_at TIMESTAMP,
+        end_reason VARCHAR,
+        client VARCHAR)""",
+    "CREATE TABLE IF NOT EXISTS signin_failures (subject VARCHAR NOT NULL, failed_at TIMESTAMP NOT NULL)",
+    "ALTER TABLE queue ADD COLUMN IF NOT EXISTS claim_session VARCHAR",
+]
+
+# Why a sign-in session is over, or NULL while it is live ($now: the time of the check). One expression for the
+# per-page check, the sweep, claims and labels, so they never disagree.
+_SESSION_END_REASON = """CASE
+    WHEN s.ended_at IS NOT NULL THEN coalesce(s.end_reason, 'ended')
+    WHEN a.name IS NULL THEN 'account removed'
+    WHEN a.disabled_at IS NOT NULL THEN 'account disabled'
+    WHEN a.credentials_changed_at > s.created_at THEN 'password changed'
+    WHEN s.expires_at <= $now THEN 'expired'
+    WHEN s.idle_expires_at <= $now THEN 'idle'
+    ELSE NULL END"""
+_LIVE_SESSION = f"""EXISTS (SELECT 1 FROM sessions s LEFT JOIN annotators a ON a.name = s.annotator
+    WHERE s.token_hash = $session AND ({_SESSION_END_REASON}) IS NULL)"""
 TEST_SPLIT_SOURCE = "test-split"  # labels.source of a label given to a held-out test image on explicit request
 
 
@@ -405,15 +441,36 @@ class ProjectDB:
 
     # ----------------------------------------------------------------- annotators
     def upsert_annotator(self, name: str, role: str = "annotator", password_hash: str | None = None,
-                         actor: str | None = None) -> None:
-        """Create an account, or update its role and password when it exists (logged with who did it)."""
+                         actor: str | None = None, *, password_changed: bool = False) -> None:
+        """Create an account, or update its role and password when it exists (logged with who did it).
+        password_changed: the password is a new one, so the account's sign-in sessions end (its claims return)."""
+        now = utcnow()
         with self.write() as con:
             con.execute(
-                """INSERT INTO annotators (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)
+                """INSERT INTO annotators (name, role, password_hash, created_at, credentials_changed_at)
+                   VALUES (?, ?, ?, ?, ?)
                    ON CONFLICT (name) DO UPDATE SET role = excluded.role,
-                   password_hash = COALESCE(excluded.password_hash, annotators.password_hash)""",
-                [name, role, password_hash, utcnow()])
-            self._log(con, "account", actor, {"name": name, "role": role})
+                   password_hash = COALESCE(excluded.password_hash, annotators.password_hash),
+                   credentials_changed_at = COALESCE(excluded.credentials_changed_at, annotators.credentials_changed_at)""",
+                [name, role, password_hash, now, now if password_changed else None])
+            if password_changed:
+                self._end_sessions(con, now, "password changed", annotator=name)
+            self._log(con, "account", actor, {"name": name, "role": role, "password_changed": password_changed})
+
+    def set_annotator_disabled(self, name: str, disabled: bool, actor: str | None = None) -> bool:
+        """Disable a sign-in account (its sessions end at once, its claims return) or enable it again; False when
+        there is no such account."""
+        now = utcnow()
+        with self.write() as con:
+            found = con.execute(
+                """UPDATE annotators SET disabled_at = CASE WHEN ? THEN coalesce(disabled_at, ?) ELSE NULL END
+                   WHERE name = ? AND role <> 'system' RETURNING name""", [disabled, now, name]).fetchall()
+            if not found:
+                return False
+            if disabled:
+                self._end_sessions(con, now, "account disabled", annotator=name)
+            self._log(con, "account_disabled" if disabled else "account_enabled", actor, {"name": name})
+        return True
 
     def annotator(self, name: str) -> dict[str, Any] | None:
         with self.read() as con:
@@ -423,19 +480,151 @@ class ProjectDB:
 
     def annotators(self) -> pd.DataFrame:
         with self.read() as con:
-            return con.execute("SELECT name, role, created_at FROM annotators ORDER BY name").df()
+            return con.execute("SELECT name, role, created_at, disabled_at FROM annotators ORDER BY name").df()
+
+    # ----------------------------------------------------------------- sign-in sessions
+    def start_session(self, token_hash: str, annotator: str, *, idle_s: int, max_s: int,
+                      client: str | None = None) -> None:
+        """Record a sign-in session (keyed by the hash of the browser's token), live for idle_s seconds after each
+        sign of life and max_s seconds at most; sessions found over meanwhile are ended and their claims return."""
+        now = utcnow()
+        with self.write() as con:
+            con.execute(
+                """INSERT INTO sessions (token_hash, annotator, created_at, last_seen, idle_s, idle_expires_at,
+                                         expires_at, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                [token_hash, annotator, now, now, int(idle_s), now + timedelta(seconds=int(idle_s)),
+                 now + timedelta(seconds=int(max_s)), client])
+            self._end_stale_sessions(con, now)
+
+    def session(self, token_hash: str) -> dict[str, Any] | None:
+        """A sign-in session with its account's current role and `end_reason` (None while it is live: not ended,
+        not idle or past its expiry, the account enabled and its password unchanged since); None when unknown.
+        One indexed read: every page run checks its session with it."""
+        with self.read() as con:
+            cur = con.execute(
+                f"""SELECT s.token_hash, s.annotator, a.role, s.created_at, s.last_seen, s.idle_s, s.idle_expires_at,
+                           s.expires_at, s.ended_at, {_SESSION_END_REASON} AS end_reason
+                    FROM sessions s LEFT JOIN annotators a ON a.name = s.annotator
+                    WHERE s.token_hash = $session""", {"session": token_hash, "now": utcnow()})
+            row = cur.fetchone()
+            return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
+
+    def touch_session(self, token_hash: str) -> None:
+        """A sign of life: the session's idle limit starts again from now."""
+        now = utcnow()
+        with self.write() as con:
+            con.execute("""UPDATE sessions SET last_seen = ?, idle_expires_at = ? + to_seconds(idle_s)
+                           WHERE token_hash = ? AND ended_at IS NULL""", [now, now, token_hash])
+
+    def end_sessions(self, reason: str, *, token_hash: str | None = None, annotator: str | None = None,
+                     actor: str | None = None) -> int:
+        """End one session (token_hash), an account's sessions (annotator) or, with neither, every session; their
+        claims return to the queue. Returns how many were live."""
+        now = utcnow()
+        with self.write() as con:
+            n = self._end_sessions(con, now, reason, token_hash=token_hash, annotator=annotator)
+            if actor is not None:
+                self._log(con, "sessions_ended", actor, {"annotator": annotator, "reason": reason, "n": n})
+        return n
+
+    def end_stale_sessions(self) -> int:
+        """End the sessions that are over but not yet marked (idle, expired, account disabled, password changed) and
+        return their claims to the queue; returns how many claims went back."""
+        with self.write() as con:
+            return self._end_stale_sessions(con, utcnow())
+
+    def sessions(self) -> pd.DataFrame:
+        """The live sign-in sessions, newest first (no token hashes)."""
+        now = utcnow()
+        with self.read() as con:
+            return con.execute(
+                f"""SELECT s.annotator, a.role, s.created_at, s.last_seen, s.idle_expires_at AS idle_until,
+                           s.expires_at, s.client
+                    FROM sessions s LEFT JOIN annotators a ON a.name = s.annotator
+                    WHERE ({_SESSION_END_REASON}) IS NULL ORDER BY s.created_at DESC""", {"now": now}).df()
+
+    @classmethod
+    def _end_sessions(cls, con: duckdb.DuckDBPyConnection, now: datetime, reason: str, *,
+                      token_hash: str | None = None, annotator: str | None = None) -> int:
+        ended = con.execute(
+            """UPDATE sessions SET ended_at = $now, end_reason = $reason
+               WHERE ended_at IS NULL AND ($session::VARCHAR IS NULL OR token_hash = $session)
+                 AND ($annotator::VARCHAR IS NULL OR annotator = $annotator) RETURNING 1""",
+            {"now": now, "reason": reason, "session": token_hash, "annotator": annotator}).fetchall()
+        cls._release_claims(con)
+        return len(ended)
+
+    @classmethod
+    def _end_stale_sessions(cls, con: duckdb.DuckDBPyConnection, now: datetime) -> int:
+        stale = con.execute(
+            f"""SELECT s.token_hash, {_SESSION_END_REASON} AS reason
+                FROM sessions s LEFT JOIN annotators a ON a.name = s.annotator
+                WHERE s.ended_at IS NULL AND ({_SESSION_END_REASON}) IS NOT NULL""", {"now": now}).fetchall()
+        if stale:
+            con.executemany("UPDATE sessions SET ended_at = ?, end_reason = ? WHERE token_hash = ?",
+                            [(now, reason, token) for token, reason in stale])
+        return cls._release_claims(con)
+
+    @classmethod
+    def _release_claims(cls, con: duckdb.DuckDBPyConnection) -> int:
+        """Open queue entries claimed by sessions that have ended go back to the queue, unassigned."""
+        released = con.execute(
+            """UPDATE queue SET annotator = NULL, claim_session = NULL
+               WHERE status = 'open' AND claim_session IN (SELECT token_hash FROM sessions WHERE ended_at IS NOT NULL)
+               RETURNING id, image_id""").fetchall()
+        if released:
+            cls._log(con, "claims_released", None, {"queue_ids": sorted(int(r[0]) for r in released),
+                                                    "image_ids": sorted(int(r[1]) for r in released)})
+        return len(released)
+
+    # ----------------------------------------------------------------- failed sign-ins
+    def signin_failures(self, since: dict[str, datetime | None]) -> dict[str, tuple[int, datetime | None]]:
+        """For each subject (a keyed hash of a name tried, or a client address): its failed sign-ins after the
+        given time (all kept ones for None) and when the last was, in one query."""
+        subjects = list(since)
+        if not subjects:
+            return {}
+        with self.read() as con:
+            rows = con.execute(
+                """SELECT f.subject, count(*), max(f.failed_at) FROM signin_failures f
+                   JOIN (SELECT unnest(?::VARCHAR[]) AS subject, unnest(?::TIMESTAMP[]) AS since) w
+                     ON w.subject = f.subject AND (w.since IS NULL OR f.failed_at > w.since)
+                   GROUP BY f.subject""", [subjects, [since[s] for s in subjects]]).fetchall()
+        found = {r[0]: (int(r[1]), r[2]) for r in rows}
+        return {s: found.get(s, (0, None)) for s in subjects}
+
+    def record_signin_failure(self, subjects: Sequence[str], actor: str | None, keep_days: int = 30,
+                              **payload: Any) -> None:
+        """One failed sign-in: a row per subject it counts against, and a `signin_failed` event (actor: the account
+        when it exists, else None: a name that is no account is never stored, the payload holds its keyed hash).
+        Rows older than keep_days go."""
+        now = utcnow()
+        with self.write() as con:
+            con.executemany("INSERT INTO signin_failures VALUES (?, ?)", [(s, now) for s in subjects])
+            con.execute("DELETE FROM signin_failures WHERE failed_at < ?", [now - timedelta(days=keep_days)])
+            self._log(con, "signin_failed", actor, payload)
+
+    def clear_signin_failures(self, subject: str) -> int:
+        """Forget a subject's failed sign-ins (a right password, or an admin's unlock); returns how many went."""
+        with self.write() as con:
+            gone = con.execute("DELETE FROM signin_failures WHERE subject = ? RETURNING 1", [subject]).fetchall()
+        return len(gone)
 
     # ----------------------------------------------------------------- labels
     def add_label(self, image_id: int, label: str, annotator: str, *, seconds_spent: float | None = None,
-                  source: str = "cli", queue_id: int | None = None, test_split: str = "allow") -> int:
+                  source: str = "cli", queue_id: int | None = None, test_split: str = "allow",
+                  session: str | None = None) -> int:
         """Record one label, superseding the same annotator's earlier label of that image; returns its id.
 
         Committed before it returns. Closes the annotator's open queue entry for the image. test_split says
         what a label of a test-split image does: 'allow' (recorded as given), 'refuse' (CxrAlError, nothing
-        written) or 'mark' (recorded with source TEST_SPLIT_SOURCE, whatever `source` says).
+        written) or 'mark' (recorded with source TEST_SPLIT_SOURCE, whatever `source` says). session: the
+        sign-in session it is given in (refused with CxrAlError unless live and the annotator's; a sign of life).
         """
         now = utcnow()
         with self.write() as con:
+            if session is not None:
+                self._live_session(con, session, annotator, now)
             row = con.execute("SELECT split FROM images WHERE id = ?", [int(image_id)]).fetchone()
             if row is None:
                 raise CxrAlError(f"no image with id {image_id} in this project")
@@ -464,6 +653,18 @@ class ProjectDB:
             self._log(con, "label", annotator, {"image_id": int(image_id), "label": label,
                                                 "label_id": int(label_id), "source": source})
         return int(label_id)
+
+    @staticmethod
+    def _live_session(con: duckdb.DuckDBPyConnection, session: str, annotator: str, now: datetime) -> None:
+        """CxrAlError unless the sign-in session is live and the annotator's; then its idle limit starts again."""
+        row = con.execute(f"""SELECT s.annotator, {_SESSION_END_REASON} FROM sessions s
+                              LEFT JOIN annotators a ON a.name = s.annotator WHERE s.token_hash = $session""",
+                          {"session": session, "now": now}).fetchone()
+        reason = "unknown" if row is None else "another account's" if row[0] != annotator else row[1]
+        if reason is not None:
+            raise CxrAlError(f"your sign-in session has ended ({reason}): reload the page and sign in again")
+        con.execute("UPDATE sessions SET last_seen = ?, idle_expires_at = ? + to_seconds(idle_s) WHERE token_hash = ?",
+                    [now, now, session])
 
     def undo_last_label(self, annotator: str) -> dict[str, Any] | None:
         """Withdraw the annotator's most recent current label, restoring what it superseded."""
@@ -618,24 +819,33 @@ class ProjectDB:
                 "SELECT * FROM queue WHERE status = 'open' AND (annotator = ? OR annotator IS NULL) ORDER BY id",
                 [annotator]).df()
 
-    def claim_queue_entry(self, queue_id: int, annotator: str) -> bool:
-        """Assign an open unassigned suggestion to an annotator, atomically; False when someone else got it."""
+    def claim_queue_entry(self, queue_id: int, annotator: str, session: str | None = None) -> bool:
+        """Assign an open unassigned suggestion to an annotator, atomically; False when someone else got it.
+        session: the sign-in session claiming it (the claim is refused unless it is live, and the entry returns to
+        the queue when it ends)."""
         with self.write() as con:
             return bool(con.execute(
-                """UPDATE queue SET annotator = ? WHERE id = ? AND status = 'open' AND annotator IS NULL
-                   RETURNING id""", [annotator, int(queue_id)]).fetchall())
+                f"""UPDATE queue SET annotator = $annotator, claim_session = $session
+                    WHERE id = $id AND status = 'open' AND annotator IS NULL
+                      AND ($session::VARCHAR IS NULL OR {_LIVE_SESSION}) RETURNING id""",
+                {"annotator": annotator, "session": session, "id": int(queue_id), "now": utcnow()}).fetchall())
 
-    def claim_unlabeled_image(self, image_id: int, annotator: str, strategy: str = "pool-order") -> int | None:
+    def claim_unlabeled_image(self, image_id: int, annotator: str, strategy: str = "pool-order",
+                              session: str | None = None) -> int | None:
         """Queue an image for an annotator when nobody has labeled it and no suggestion holds it, atomically;
-        returns the new queue id, or None when it is taken."""
+        returns the new queue id, or None when it is taken. session: as in claim_queue_entry."""
+        now = utcnow()
         with self.write() as con:
             row = con.execute(
-                """INSERT INTO queue (image_id, annotator, strategy, score, model_round, rank, created_at)
-                   SELECT ?, ?, ?, 0.0, NULL, 0, ?
-                   WHERE NOT EXISTS (SELECT 1 FROM queue WHERE image_id = ? AND status = 'open')
-                     AND NOT EXISTS (SELECT 1 FROM labels WHERE image_id = ? AND superseded_by IS NULL)
-                   RETURNING id""",
-                [int(image_id), annotator, strategy, utcnow(), int(image_id), int(image_id)]).fetchone()
+                f"""INSERT INTO queue (image_id, annotator, strategy, score, model_round, rank, created_at,
+                                       claim_session)
+                    SELECT $image, $annotator, $strategy, 0.0, NULL, 0, $now, $session
+                    WHERE NOT EXISTS (SELECT 1 FROM queue WHERE image_id = $image AND status = 'open')
+                      AND NOT EXISTS (SELECT 1 FROM labels WHERE image_id = $image AND superseded_by IS NULL)
+                      AND ($session::VARCHAR IS NULL OR {_LIVE_SESSION})
+                    RETURNING id""",
+                {"image": int(image_id), "annotator": annotator, "strategy": strategy, "now": now,
+                 "session": session}).fetchone()
         return None if row is None else int(row[0])
 
     def close_queue_entries(self, ids: Sequence[int], status: str) -> None:

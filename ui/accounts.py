@@ -1,10 +1,20 @@
-"""Accounts page (admins): who may sign in, with which role; add an account or change a role or password."""
+"""Accounts page (admins): who may sign in, with which role; add an account or change a role or password; unlock,
+disable or sign out an account; who is signed in; failed sign-ins."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from active.views.accounts import MIN_PASSWORD_LENGTH, ROLES, add_user, list_users
+from active.views.accounts import (
+    MIN_PASSWORD_LENGTH,
+    ROLES,
+    add_user,
+    failed_signins,
+    list_users,
+    set_disabled,
+    unlock_user,
+)
+from active.views.sessions import live_sessions, sign_out_all
 from store.errors import CxrAlError
 from ui import session
 
@@ -37,15 +47,53 @@ def render() -> None:
                 st.success(f"Account **{account['name']}** saved with role {account['role']}.")
 
     st.subheader("Who may sign in")
-    st.dataframe(list_users(project), hide_index=True, key="accounts_table")
+    users = list_users(project)
+    st.dataframe(users, hide_index=True, key="accounts_table")
+    _account_actions(project, users, user["name"])
 
+    st.subheader("Signed in now")
+    _table(live_sessions(project), "accounts_sessions", "Nobody.")
     st.subheader("Failed sign-ins")
-    failed = project.db.events("signin_failed", limit=50)
-    if failed.empty:
-        st.caption("None so far.")
+    st.caption("A name that is no account is never stored: it shows as its keyed hash.")
+    _table(failed_signins(project), "accounts_failed", "None so far.")
+
+
+def _table(frame, key: str, empty: str) -> None:
+    if frame.empty:
+        st.caption(empty)
     else:
-        st.dataframe(failed[["logged_at", "actor", "payload"]].rename(
-            columns={"logged_at": "when (UTC)", "actor": "name", "payload": "reason"}), hide_index=True)
+        st.dataframe(frame, hide_index=True, key=key)
+
+
+def _account_actions(project, users, admin: str) -> None:
+    """Unlock, disable, enable an account or sign it out everywhere."""
+    if users.empty:
+        return
+    with st.form("account_actions"):
+        name = st.selectbox("Account", list(users["name"]), key="account_action_name")
+        c1, c2, c3, c4 = st.columns(4)
+        actions = {"unlock": c1.form_submit_button("Unlock", help="forget its failed sign-ins"),
+                   "disable": c2.form_submit_button("Disable", help="it cannot sign in; its sessions end now"),
+                   "enable": c3.form_submit_button("Enable"),
+                   "sign_out": c4.form_submit_button("Sign out everywhere", help="end its sessions now")}
+    chosen = [a for a, pressed in actions.items() if pressed]
+    if not chosen or name is None:
+        return
+    try:
+        if chosen[0] == "unlock":
+            unlock_user(project, name, actor=admin)
+            st.success(f"**{name}** unlocked.")
+        elif chosen[0] in ("disable", "enable"):
+            if name == admin and chosen[0] == "disable":
+                st.error("You cannot disable your own account here; use `cxr-al user disable`.")
+                return
+            set_disabled(project, name, chosen[0] == "disable", actor=admin)
+            st.success(f"**{name}** {chosen[0]}d.")
+        else:
+            n = sign_out_all(project, name, actor=admin)
+            st.success(f"**{name}** signed out of {n} session(s).")
+    except CxrAlError as exc:
+        st.error(f"Not done: {exc}")
 
 
 if __name__ == "__main__":  # run as a page by st.navigation: draw it from the imported module

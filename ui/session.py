@@ -1,21 +1,40 @@
-"""The signed-in state of one browser session and the project the app serves."""
+"""The signed-in state of one browser and the project the app serves.
+
+Who is signed in is decided on every page run from the browser's session cookie, never from st.session_state:
+st.context.cookies holds the cookies of the HTTP request that opened this run's websocket, so a client that
+reconnects with a stolen Streamlit session id but without the cookie is not signed in, whatever that Streamlit
+session's state holds. The cookie is set by a small script after a right password (SameSite=Strict, Secure over
+HTTPS), then the page reloads so the new websocket carries it; a reload keeps you signed in. See
+active.views.sessions for the server-side record and README "Access and sessions".
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from active.delivery.serve import PROJECT_ENV
+from active.engine.labeling import SIGNIN_SESSION
 from active.engine.project import open_project
+from active.views import sessions
 from active.views.accounts import can
+from store.config import access_policy
 from store.errors import CxrAlError
 from store.project import Project
 
-USER_KEY = "cxr_user"
+CHECKED_KEY = "_cxr_checked"  # this run's verdict on the cookie (re-decided every run)
+ENDED_KEY = "_cxr_session_ended"  # why the last session ended, for the sign-in page
+PENDING_KEY = "_cxr_cookie_to_set"  # a new session's token, for the run that gives it to the browser
+FORGOTTEN_KEY = "_cxr_forgotten"  # the ended session whose state was dropped (the browser may still send its cookie)
 
 
 def project_dir() -> Path:
@@ -45,25 +64,99 @@ def project() -> Project:
         raise  # unreachable: st.stop() ends the run
 
 
-def current_user() -> dict[str, str] | None:
-    """The signed-in account {name, role} of this browser session, or None."""
-    return st.session_state.get(USER_KEY)
+def browser_token(served: Project) -> str | None:
+    """The session token this browser sent with the request that opened this connection."""
+    return st.context.cookies.get(sessions.cookie_name(served))
+
+
+def client_address() -> str | None:
+    """The client's address (None on this machine, and without a client: AppTest)."""
+    address = st.context.ip_address
+    return address if isinstance(address, str) else None
+
+
+def current_user() -> dict[str, Any] | None:
+    """The signed-in account {name, role, session} of this browser, checked against its server-side session once
+    per page run (a role change, revocation or expiry shows on the next run); None when not signed in."""
+    ctx = get_script_run_ctx()
+    run = ctx.cursors if ctx is not None else None  # a new dict every run: identity marks this run
+    checked = st.session_state.get(CHECKED_KEY)
+    if run is not None and checked is not None and checked[0] is run:
+        return checked[1]
+    served = project()
+    token = browser_token(served)
+    user, reason = sessions.session_user(served, token)
+    if user is None and reason is not None and st.session_state.get(FORGOTTEN_KEY) != token:
+        _forget(reason, token)  # once: later runs of this connection still send the dead cookie
+    st.session_state[CHECKED_KEY] = (run, user)
+    SIGNIN_SESSION.set(None if user is None else user["session"])
+    return user
+
+
+def _forget(reason: str | None, token: str | None) -> None:
+    """Drop everything this browser session held (its sign-in ended) and say why on the sign-in page."""
+    for key in list(st.session_state.keys()):
+        del st.session_state[key]
+    st.session_state[FORGOTTEN_KEY] = token
+    if reason not in (None, "unknown"):
+        st.session_state[ENDED_KEY] = reason
+
+
+def end_message() -> str | None:
+    """Why this browser's last session ended (shown once on the sign-in page)."""
+    reason = st.session_state.pop(ENDED_KEY, None)
+    return None if reason is None else sessions.END_REASONS.get(reason, f"Your session ended ({reason}).")
 
 
 def sign_in(user: dict[str, str]) -> None:
-    """Remember the account for this browser session (server-side state; nothing in the browser)."""
-    sign_out()  # nothing of an earlier session carries over
-    st.session_state[USER_KEY] = {"name": user["name"], "role": user["role"]}
+    """Start a server-side session for the account and rerun: the next run hands its token to the browser as a
+    cookie (deliver_cookie). Nothing of an earlier sign-in in this browser carries over."""
+    served = project()
+    old = browser_token(served)
+    sessions.end_session(served, old, reason="signed in again")
+    _forget(None, old)
+    st.session_state[PENDING_KEY] = sessions.start_session(served, user["name"], address=client_address())
+    st.rerun()
+
+
+def deliver_cookie() -> None:
+    """After a right password: set the session cookie in the browser (SameSite=Strict; Secure over HTTPS) and
+    reload the page, so the next connection carries it. Ends this run. Does nothing otherwise."""
+    token = st.session_state.pop(PENDING_KEY, None)
+    if token is None:
+        return
+    served = project()
+    max_age = access_policy(served.config)["session_max_s"]
+    cookie = f"{sessions.cookie_name(served)}={token}; Path=/; SameSite=Strict; Max-Age={max_age}"
+    st.html(f"""<script>
+        document.cookie = {json.dumps(cookie)} + (window.location.protocol === "https:" ? "; Secure" : "");
+        window.location.reload();
+        </script>""", unsafe_allow_javascript=True)
+    st.info("Signing in ...")
+    st.stop()
 
 
 def sign_out() -> None:
-    """Forget everything of this browser session: the account and any labeling state."""
-    for key in list(st.session_state.keys()):
-        del st.session_state[key]
+    """End this browser's session on the server (its claimed images return to the queue) and forget its state."""
+    served = project()
+    token = browser_token(served)
+    sessions.end_session(served, token)
+    _forget("signed out", token)
 
 
-def require(action: str) -> dict[str, str]:
-    """The signed-in account when it may do action; otherwise the page stops with a message."""
+def clear_cookie() -> None:
+    """Remove a session cookie the browser still sends although its session is over (tidiness: it opens nothing)."""
+    served = project()
+    if browser_token(served) is None:
+        return
+    st.html(f"""<script>
+        document.cookie = {json.dumps(sessions.cookie_name(served) + "=; Path=/; SameSite=Strict; Max-Age=0")};
+        </script>""", unsafe_allow_javascript=True)
+
+
+def require(action: str) -> dict[str, Any]:
+    """The signed-in account when it may do action; otherwise the page stops with a message. Every page calls it
+    first: it checks the session (once per run) and binds this run's labeling claims to it."""
     user = current_user()
     if user is None:
         st.warning("Please sign in.")
@@ -72,3 +165,18 @@ def require(action: str) -> dict[str, str]:
         st.error("Your account may not open this page.")
         st.stop()
     return user
+
+
+def fragment(action: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """st.fragment(**options) whose every run first checks the session like require(action). A fragment's own
+    reruns (a key press in it, run_every) skip app.py and the page's require(), so a plain @st.fragment keeps
+    working for a session that is over, and for a client that reconnected with only a Streamlit session id."""
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            require(action)
+            return func(*args, **kwargs)
+
+        return st.fragment(checked, **options)
+
+    return decorate

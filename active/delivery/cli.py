@@ -538,6 +538,35 @@ AUGMENT_CHOICES = RegistryChoices("models.augment", "AUGMENT_PRESETS")
 EXPORT_FORMAT_CHOICES = RegistryChoices("store.export", "FORMATS")
 STRATEGY_CHOICES = RegistryChoices("active.strategies", "STRATEGIES")
 METRIC_CHOICES = RegistryChoices("models.metrics", "CI_METRICS")
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    from active.engine.project import open_project
+    from active.views.accounts import set_disabled
+
+    disable = args.user_command == "disable"
+    set_disabled(open_project(args.project_dir), args.name, disable, actor="cli")
+    print(f"account {args.name!r} {'disabled: its sessions have ended' if disable else 'enabled'}")
+    return 0
+
+
+def cmd_user_unlock(args: argparse.Namespace) -> int:
+    from active.engine.project import open_project
+    from active.views.accounts import unlock_user
+
+    n = unlock_user(open_project(args.project_dir), args.name, actor="cli")
+    print(f"{args.name!r} unlocked ({n} failed sign-ins forgotten)")
+    return 0
+
+
+def cmd_user_sign_out_all(args: argparse.Namespace) -> int:
+    from active.engine.project import open_project
+    from active.views.sessions import sign_out_all
+
+    n = sign_out_all(open_project(args.project_dir), args.name, actor="cli")
+    print(f"{n} session(s) ended{f' of {args.name!r}' if args.name else ''}; they are signed out on their next "
+          "click and their claimed images are back in the queue")
+    return 0
+
+
 ROLE_CHOICES = RegistryChoices("active.views.accounts", "ROLES")
 MODE_CHOICES = RegistryChoices("active.engine.jobs", "TRAIN_MODES")
 # models.runtime.resolve_device has no registry of device names (it also takes cuda:N): the names offered here
@@ -597,6 +626,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_user_list)
     up.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
     up.add_argument("--json", action="store_true")
+    for action, func, text in (
+            ("disable", cmd_user_disable, "disable an account: it cannot sign in and its sessions end at once"),
+            ("enable", cmd_user_disable, "enable a disabled account again"),
+            ("unlock", cmd_user_unlock, "unlock a name locked by failed sign-ins (forget its failures)")):
+        up = users.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        up.set_defaults(func=func)
+        up.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
+        up.add_argument("name", metavar="NAME")
+    up = users.add_parser("sign-out-all", help="end every sign-in session, or an account's",
+                          description="End every sign-in session (or NAME's): each is signed out on its next click.")
+    up.set_defaults(func=cmd_user_sign_out_all)
+    up.add_argument("project_dir", type=Path, metavar="PROJECT_DIR")
+    up.add_argument("name", metavar="NAME", nargs="?", default=None)
 
     p = add("demo-data", cmd_demo_data, "Generate synthetic chest-radiograph phantoms with lesion masks.")
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")

@@ -12,6 +12,10 @@ see disjoint images.
 annotator who was unsure never gets it back. A snapshot of the queue and labels is kept for
 SNAPSHOT_TTL_S seconds, so a label costs one write plus at most a read and two writes for the next
 claim, not a handful of full-table reads per key press.
+In the app a LabelingSession belongs to a sign-in session (active.views.sessions): its claims carry
+that session, are refused once it is over, and go back to the queue (unassigned) when it ends: on
+sign-out, revocation, or found idle or expired by the sweep each snapshot refresh runs. Its labels
+are written only while it is live, and each one counts as a sign of life.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,18 +49,20 @@ def validate_annotator(name: str) -> str:
 
 
 def record_label(project: Project, image_id: int, label: str, annotator: str, *,
-                 seconds_spent: float | None = None, source: str = "cli", test_split: bool = False) -> int:
+                 seconds_spent: float | None = None, source: str = "cli", test_split: bool = False,
+                 session: str | None = None) -> int:
     """Validate and store one label; it is committed when this returns. Returns the label id.
 
     A held-out test image is refused (CxrAlError) unless test_split: then the label is recorded with source
     'test-split' (store.db.TEST_SPLIT_SOURCE), shown as such, and test metrics still use the image's held-out
-    ground truth (active.engine.rounds.ground_truth)."""
+    ground truth (active.engine.rounds.ground_truth). session: the sign-in session it is given in (see
+    store.db.ProjectDB.add_label)."""
     canonical = project.canonical_class(label)
     annotator = validate_annotator(annotator)
     if seconds_spent is not None and not (0 <= float(seconds_spent) < 86400):
         raise CxrAlError("seconds spent must be between 0 and 86400")
     return project.db.add_label(int(image_id), canonical, annotator, seconds_spent=seconds_spent, source=source,
-                                test_split="mark" if test_split else "refuse")
+                                test_split="mark" if test_split else "refuse", session=session)
 
 
 def undo_label(project: Project, annotator: str) -> dict[str, Any] | None:
@@ -64,6 +71,10 @@ def undo_label(project: Project, annotator: str) -> dict[str, Any] | None:
 
 
 SNAPSHOT_TTL_S = 20.0
+
+# The sign-in session (token hash) of the page run in progress: the app sets it on every run (ui.session.require),
+# and start_labeling binds a new LabelingSession to it, so claims and labels made from that page carry it.
+SIGNIN_SESSION: ContextVar[str | None] = ContextVar("cxr_al_signin_session", default=None)
 
 
 @dataclass
@@ -80,11 +91,14 @@ class LabelingSession:
     passed: set[int] = field(default_factory=set)
     paths: dict[int, str] = field(default_factory=dict)
     refreshed_at: float = float("-inf")
+    session_key: str | None = None  # the sign-in session it belongs to (None: CLI, tests)
 
 
-def start_labeling(project: Project, annotator: str) -> LabelingSession:
-    """A labeling session for an annotator (nothing is claimed until an image is asked for)."""
-    return LabelingSession(project, validate_annotator(annotator))
+def start_labeling(project: Project, annotator: str, session_key: str | None = None) -> LabelingSession:
+    """A labeling session for an annotator (nothing is claimed until an image is asked for), bound to a sign-in
+    session: session_key, else the page run's (SIGNIN_SESSION)."""
+    key = SIGNIN_SESSION.get() if session_key is None else session_key
+    return LabelingSession(project, validate_annotator(annotator), session_key=key)
 
 
 def current_image(session: LabelingSession) -> dict[str, Any] | None:
@@ -124,7 +138,7 @@ def label_current(session: LabelingSession, label: str, *, image_id: int | None 
         elapsed = time.monotonic() - current["shown_at"]
         seconds_spent = elapsed if elapsed < 86400 else None
     label_id = record_label(session.project, current["image_id"], label, session.annotator,
-                            seconds_spent=seconds_spent, source="ui")
+                            seconds_spent=seconds_spent, source="ui", session=session.session_key)
     session.labeled.add(current["image_id"])
     session.done += 1
     session.last_label = {"label_id": label_id, "image_id": current["image_id"],
@@ -136,6 +150,7 @@ def label_current(session: LabelingSession, label: str, *, image_id: int | None 
 def skip_current(session: LabelingSession, *, image_id: int | None = None) -> None:
     """Pass on the shown image: its queue entry is closed as 'skipped' and it is not offered again."""
     current = _shown(session, image_id)
+    _require_live(session)
     queue_id = _own_queue_id(session, current)
     if queue_id is not None:
         session.project.db.close_queue_entries([queue_id], "skipped")
@@ -150,6 +165,7 @@ def mark_unsure(session: LabelingSession, *, image_id: int | None = None) -> boo
     The entry is closed as 'unsure', an 'unsure' event is logged and the image is re-queued for
     anyone else (annotator NULL, strategy 'second-read'); returns whether it was re-queued."""
     current = _shown(session, image_id)
+    _require_live(session)
     db = session.project.db
     queue_id = _own_queue_id(session, current)
     if queue_id is not None:
@@ -165,6 +181,7 @@ def mark_unsure(session: LabelingSession, *, image_id: int | None = None) -> boo
 
 def undo_last_label(session: LabelingSession) -> dict[str, Any] | None:
     """Withdraw the annotator's last label and show that image again; None when there is nothing to undo."""
+    _require_live(session)
     undone = undo_label(session.project, session.annotator)
     if undone is None:
         return None
@@ -199,6 +216,16 @@ def _none_if_na(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _require_live(session: LabelingSession) -> None:
+    """CxrAlError when the sign-in session this labeling belongs to is over."""
+    if session.session_key is None:
+        return
+    row = session.project.db.session(session.session_key)
+    reason = "unknown" if row is None else row["end_reason"]
+    if reason is not None:
+        raise CxrAlError(f"your sign-in session has ended ({reason}): reload the page and sign in again")
+
+
 def _shown(session: LabelingSession, image_id: int | None) -> dict[str, Any]:
     current = session.current
     if current is None or (image_id is not None and int(image_id) != current["image_id"]):
@@ -227,8 +254,10 @@ def _passed_by(db: Any, annotator: str) -> set[int]:
 
 
 def _refresh(session: LabelingSession) -> None:
-    """Re-read the queue, the labels and the pool into the session's candidate list."""
+    """Re-read the queue, the labels and the pool into the session's candidate list (after handing the claims of
+    sign-in sessions that are over back to the queue)."""
     db = session.project.db
+    db.end_stale_sessions()
     pool = db.images("pool")
     session.paths = {int(i): str(p) for i, p in zip(pool["id"], pool["path"], strict=True)}
     labels = db.current_labels()
@@ -264,11 +293,13 @@ def _claim(session: LabelingSession, candidate: dict[str, Any]) -> dict[str, Any
         return candidate
     db = session.project.db
     if candidate["source"] == "pool":
-        queue_id = db.claim_unlabeled_image(candidate["image_id"], session.annotator)
+        queue_id = db.claim_unlabeled_image(candidate["image_id"], session.annotator, session=session.session_key)
         if queue_id is None:
+            _require_live(session)  # refused because the sign-in session is over, not taken by someone else?
             return None
         return {**candidate, "queue_id": queue_id, "claimed": True, "strategy": "pool-order"}
-    if not db.claim_queue_entry(candidate["queue_id"], session.annotator):
+    if not db.claim_queue_entry(candidate["queue_id"], session.annotator, session=session.session_key):
+        _require_live(session)
         return None
     return {**candidate, "claimed": True}
 

@@ -1,9 +1,19 @@
-"""Accounts: roles, salted scrypt password hashes, sign-in with throttling, and the permission table.
+"""Accounts: roles, salted scrypt password hashes, throttled sign-in with lockout, and the permission table.
 
 Passwords are hashed with hashlib.scrypt (a standard memory-hard KDF) and a random 16-byte salt;
 the hash string carries its parameters (`scrypt$n=16384,r=8,p=1$SALT$HASH`, base64) so they can
-be raised later without breaking old accounts. Every failed sign-in goes to the event log, and
-repeated failures for a name slow the next attempts down (capped at a few seconds).
+be raised later without breaking old accounts.
+
+Sign-in throttling. Every failed sign-in counts against the name tried and against the client address, in the
+signin_failures table (SQL counts per subject, so failures on other names never reset anyone's count). A name is
+stored there only as a keyed hash (HMAC with a random per-project key), whether or not it is an account, so unknown
+names are throttled, locked and timed exactly like known ones, and a password typed into the name box is never
+kept. Each failure doubles the wait before the next attempt on that name (0.5 s, 1 s, 2 s ... capped); an address
+gets `lockout_failures` failures a quarter of an hour free (a shared hospital NAT), then the same doubling.
+`lockout_failures` failures on a name lock it for `lockout_s` after the last one (0: until `cxr-al user unlock`);
+a right password clears the name's count. Attempts on one name or address wait for each other (striped in-process
+locks), so parallel guesses are throttled together, and at most MAX_CONCURRENT_VERIFICATIONS scrypt checks run at
+once. The event log names the account only when it exists; otherwise it keeps the keyed hash.
 """
 
 from __future__ import annotations
@@ -12,16 +22,22 @@ import base64
 import getpass
 import hashlib
 import hmac
+import json
+import math
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable
-from datetime import timedelta
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 import pandas as pd
 
 from active.engine.labeling import validate_annotator
+from store.config import access_policy
 from store.db import utcnow
 from store.errors import CxrAlError
 from store.project import Project
@@ -41,10 +57,26 @@ ACTIONS = frozenset(ADMIN_ACTIONS)
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # ~16 MiB and ~50 ms per hash: cheap for us, dear for a guesser
 SALT_BYTES = 16
 
-# Throttling: recent failures for a name (since its last successful sign-in) delay the next attempt.
-FAILURE_WINDOW = timedelta(minutes=15)
-FAILURE_BASE_DELAY_S = 0.5
-FAILURE_MAX_DELAY_S = 3.0
+# Throttling (see the module docstring); the lockout threshold and time are project settings (store.config.AccessPolicy).
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 30.0
+WAIT_IN_LINE_S = 5.0  # an attempt waits at most this long for its turn; a longer wait is refused with "try again in"
+ADDRESS_WINDOW = timedelta(minutes=15)
+MAX_CONCURRENT_VERIFICATIONS = 2  # scrypt checks at once (16 MiB and a core each); more wait for a slot
+VERIFY_SLOT_TIMEOUT_S = 20.0
+NAME_KEY = "signin-names"  # ProjectDB.secret name of the key that hashes names tried
+LOCAL_ADDRESS = "local"  # what Streamlit reports as no address: this machine
+
+_VERIFY_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_VERIFICATIONS)
+_NAME_KEYS: dict[str, bytes] = {}  # database path -> its name key
+# Striped locks: attempts on one subject always share a stripe (and wait for each other); memory stays bounded
+# however many names are sprayed.
+_SUBJECT_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
+class SignInRefused(CxrAlError):
+    """A sign-in refused without a verdict on the password: locked, too many recent failures, a disabled
+    account, or the server busy. The message says what to do."""
 
 
 def _b64(data: bytes) -> str:
@@ -96,7 +128,8 @@ def can(role: str | None, action: str) -> bool:
 
 def add_user(project: Project, name: str, role: str, password: str, actor: str | None = None) -> dict[str, str]:
     """Create an account, or change the role and password of an existing one (`actor`: who did it, for the
-    event log); returns {name, role}."""
+    event log); returns {name, role}. A new password ends the account's sign-in sessions; a role change alone
+    takes effect on their next page (every page reads the current role)."""
     name = validate_annotator(name)
     role = validate_role(role)
     if len(password or "") < MIN_PASSWORD_LENGTH:
@@ -104,55 +137,171 @@ def add_user(project: Project, name: str, role: str, password: str, actor: str |
     existing = project.db.annotator(name)
     if existing is not None and existing.get("role") == "system":
         raise CxrAlError(f"{name!r} is a system account; choose another name")
-    project.db.upsert_annotator(name, role, hash_password(password), actor=actor)
+    changed = existing is None or not verify_password(password, existing.get("password_hash"))
+    project.db.upsert_annotator(name, role, hash_password(password), actor=actor, password_changed=changed)
     return {"name": name, "role": role}
 
 
 def list_users(project: Project) -> pd.DataFrame:
-    """The sign-in accounts (name, role, created_at), without system accounts and without hashes."""
+    """The sign-in accounts (name, role, created_at, disabled, locked), without system accounts and hashes."""
     users = project.db.annotators()
-    return users[users["role"].isin(ROLES)].reset_index(drop=True)
+    users = users[users["role"].isin(ROLES)].reset_index(drop=True)
+    locked = locked_names(project, list(users["name"]))
+    users["disabled"] = users.pop("disabled_at").notna()
+    users["locked"] = users["name"].isin(locked)
+    return users
 
 
-def recent_failures(project: Project, name: str) -> int:
-    """Failed sign-ins for a name within FAILURE_WINDOW and since its last successful sign-in."""
-    since = utcnow() - FAILURE_WINDOW
-    failed = project.db.events("signin_failed", limit=500)
-    failed = failed[(failed["actor"] == name) & (failed["logged_at"] >= since)]
-    if failed.empty:
-        return 0
-    ok = project.db.events("signin", limit=500)
-    ok = ok[ok["actor"] == name]
-    if not ok.empty:
-        failed = failed[failed["id"] > ok["id"].max()]
-    return int(len(failed))
-
-
-def failure_delay(failures: int) -> float:
-    """Seconds to wait before checking a password after this many recent failures (0 for none)."""
+def backoff(failures: int) -> float:
+    """Seconds to wait after the last failure before the next attempt, after this many failures (0 for none)."""
     if failures <= 0:
         return 0.0
-    return min(FAILURE_MAX_DELAY_S, FAILURE_BASE_DELAY_S * 2 ** (failures - 1))
+    return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(failures - 1, 32))
 
 
-def authenticate(project: Project, name: str, password: str, *,
-                 sleep: Callable[[float], None] = time.sleep) -> dict[str, Any] | None:
-    """The account {name, role} when the password is right, else None; failures are logged and throttled."""
+def name_hash(project: Project, name: str) -> str:
+    """A keyed hash of a name tried at sign-in: how a name is throttled and logged without being stored."""
+    path = str(project.db.path.resolve())
+    key = _NAME_KEYS.get(path)
+    if key is None:  # a project's key never changes once made: read once per process
+        key = _NAME_KEYS[path] = project.db.secret(NAME_KEY)
+    return hmac.new(key, name.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def name_subject(project: Project, name: str) -> str:
+    return f"name:{name_hash(project, name)}"
+
+
+def address_subject(address: str | None) -> str:
+    return f"address:{address or LOCAL_ADDRESS}"
+
+
+def throttle_state(project: Project, name: str, address: str | None = None,
+                   now: datetime | None = None) -> dict[str, Any]:
+    """Where a name and an address stand: failures counted, whether the name is locked (and until when; None for
+    'until unlocked') and how many seconds the next attempt must wait."""
+    policy = access_policy(project.config)
+    now = now or utcnow()
+    subject, where = name_subject(project, name), address_subject(address)
+    counts = project.db.signin_failures({subject: None, where: now - ADDRESS_WINDOW})
+    (n_name, last_name), (n_address, last_address) = counts[subject], counts[where]
+    locked, locked_until = False, None
+    if n_name >= policy["lockout_failures"]:
+        if policy["lockout_s"] == 0:
+            locked = True
+        else:
+            locked_until = last_name + timedelta(seconds=policy["lockout_s"])
+            locked = locked_until > now
+    ready = [last + timedelta(seconds=backoff(n)) for n, last in
+             ((n_name, last_name), (n_address - policy["lockout_failures"], last_address)) if last is not None]
+    wait = max([(t - now).total_seconds() for t in ready] + [0.0])
+    return {"failures": n_name, "address_failures": n_address, "locked": locked,
+            "locked_until": locked_until if locked else None, "wait_s": wait}
+
+
+def locked_names(project: Project, names: list[str]) -> set[str]:
+    """Which of these names are locked now (too many failed sign-ins)."""
+    return {n for n in names if throttle_state(project, n)["locked"]}
+
+
+def unlock_user(project: Project, name: str, actor: str | None = None) -> int:
+    """Clear a name's failed sign-ins (an admin's unlock); returns how many there were."""
     name = (name or "").strip()
-    if not name or len(name) > 64:
-        project.db.log_event("signin_failed", name[:64] or None, reason="no or too long name")
-        return None
-    sleep(failure_delay(recent_failures(project, name)))
+    n = project.db.clear_signin_failures(name_subject(project, name))
+    project.db.log_event("account_unlocked", actor, name=name, failures=n)
+    return n
+
+
+def set_disabled(project: Project, name: str, disabled: bool, actor: str | None = None) -> None:
+    """Disable an account (its sessions end at once and it cannot sign in) or enable it again."""
+    name = validate_annotator(name)
     account = project.db.annotator(name)
-    if account is None or account.get("role") not in ROLES or not account.get("password_hash"):
-        _scrypt(password or "", b"\0" * SALT_BYTES, SCRYPT_N, SCRYPT_R, SCRYPT_P)  # same time as a real check
-        project.db.log_event("signin_failed", name, reason="unknown account")
+    if account is None or account.get("role") not in ROLES:
+        raise CxrAlError(f"no account {name!r}; see `cxr-al user list`")
+    project.db.set_annotator_disabled(name, disabled, actor=actor)
+
+
+@contextmanager
+def _one_at_a_time(subjects: list[str]) -> Iterator[None]:
+    """Hold the locks of these subjects (in a fixed order, so two attempts never wait on each other in a circle)."""
+    stripes = sorted({zlib.crc32(s.encode("utf-8")) % len(_SUBJECT_LOCKS) for s in subjects})
+    with ExitStack() as stack:
+        for k in stripes:
+            stack.enter_context(_SUBJECT_LOCKS[k])
+        yield
+
+
+@contextmanager
+def _verification_slot() -> Iterator[None]:
+    if not _VERIFY_SLOTS.acquire(timeout=VERIFY_SLOT_TIMEOUT_S):
+        raise SignInRefused("the server is busy checking other sign-ins; try again in a moment")
+    try:
+        yield
+    finally:
+        _VERIFY_SLOTS.release()
+
+
+def _wait_text(seconds: float) -> str:
+    return f"{math.ceil(seconds)} s" if seconds < 120 else f"{math.ceil(seconds / 60)} min"
+
+
+def authenticate(project: Project, name: str, password: str, *, address: str | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> dict[str, Any] | None:
+    """The account {name, role} when the password is right, else None (the failure is counted and logged).
+
+    Raises SignInRefused, without checking the password, while the name is locked or its next attempt is more
+    than WAIT_IN_LINE_S away; shorter waits are slept (attempts on one name or address queue for their turn). A
+    right password of a disabled account is refused too. address: the client's (st.context.ip_address)."""
+    name = (name or "").strip()[:256]
+    if not name:
         return None
-    if not verify_password(password or "", account["password_hash"]):
-        project.db.log_event("signin_failed", name, reason="wrong password")
-        return None
-    project.db.log_event("signin", name, role=account["role"])
-    return {"name": name, "role": account["role"]}
+    policy = access_policy(project.config)
+    subjects = [name_subject(project, name), address_subject(address)]
+    with _one_at_a_time(subjects):
+        state = throttle_state(project, name, address)
+        if state["locked"]:
+            until = ("until an admin unlocks it (`cxr-al user unlock`)" if state["locked_until"] is None else
+                     f"for {_wait_text((state['locked_until'] - utcnow()).total_seconds())}, or until an admin "
+                     "unlocks it")
+            raise SignInRefused(f"too many failed sign-ins for this name: it is locked {until}")
+        if state["wait_s"] > WAIT_IN_LINE_S:
+            raise SignInRefused(f"too many failed sign-ins: try again in {_wait_text(state['wait_s'])}")
+        if state["wait_s"] > 0:
+            sleep(state["wait_s"])
+        account = project.db.annotator(name)
+        real = account is not None and account.get("role") in ROLES and bool(account.get("password_hash"))
+        with _verification_slot():
+            if real:
+                right = verify_password(password or "", account["password_hash"])
+            else:  # the same time as a real check
+                _scrypt(password or "", b"\0" * SALT_BYTES, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+                right = False
+        if not right:
+            project.db.record_signin_failure(
+                subjects, name if account is not None else None, name_hash=subjects[0].split(":", 1)[1][:16],
+                reason="wrong password" if real else "no such account", address=address or LOCAL_ADDRESS)
+            if state["failures"] + 1 == policy["lockout_failures"]:
+                project.db.log_event("signin_locked", name if account is not None else None,
+                                     name_hash=subjects[0].split(":", 1)[1][:16], address=address or LOCAL_ADDRESS)
+            return None
+        if account.get("disabled_at") is not None:
+            raise SignInRefused("this account is disabled; ask an admin to enable it")
+        project.db.clear_signin_failures(subjects[0])
+        project.db.log_event("signin", name, role=account["role"], address=address or LOCAL_ADDRESS)
+        return {"name": name, "role": account["role"]}
+
+
+def failed_signins(project: Project, limit: int = 50) -> pd.DataFrame:
+    """The latest failed sign-ins (when, name, address, reason): the account's name when it exists, else the keyed
+    hash of the name tried (a password typed into the name box is never shown)."""
+    events = project.db.events("signin_failed", limit=limit)
+    rows = []
+    for event in events.itertuples(index=False):
+        payload = json.loads(event.payload) if isinstance(event.payload, str) and event.payload else {}
+        name = event.actor if isinstance(event.actor, str) else f"(no account) #{payload.get('name_hash', '?')}"
+        rows.append({"when (UTC)": event.logged_at, "name": name, "address": payload.get("address"),
+                     "reason": payload.get("reason")})
+    return pd.DataFrame(rows, columns=["when (UTC)", "name", "address", "reason"])
 
 
 def read_password(*, from_stdin: bool, stdin: TextIO | None = None) -> str:

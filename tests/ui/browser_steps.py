@@ -11,11 +11,23 @@ IMAGE_ID = re.compile(r"Image (\d+) ·")
 
 
 def sign_in(page, url: str, name: str, password: str) -> None:
-    """Open the app and submit the sign-in form."""
+    """Open the app and submit the sign-in form; a browser already signed in as `name` (its session cookie
+    survives page loads) just opens the address."""
     page.goto(url)
-    page.get_by_label("Username", exact=True).fill(name)
+    username = page.get_by_label("Username", exact=True)
+    signed_in = page.get_by_text(f"Signed in as {name} (")
+    username.or_(signed_in).first.wait_for()
+    if signed_in.count() and not username.count():
+        return
+    username.fill(name)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in").click()
+
+
+def sign_out(page) -> None:
+    """Press Sign out in the sidebar and wait for the sign-in form."""
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Username", exact=True).wait_for()
 
 
 def explain_failure(page, what: str) -> AssertionError:
@@ -24,8 +36,8 @@ def explain_failure(page, what: str) -> AssertionError:
         text = page.locator("body").inner_text(timeout=5_000)
     except Exception as exc:  # noqa: BLE001 - a diagnosis must not hide the failure
         text = f"(page text unavailable: {exc})"
-    log = ARTIFACTS / "streamlit.log"
-    tail = log.read_text(errors="replace")[-4000:] if log.is_file() else "(no server log)"
+    logs = sorted(ARTIFACTS.glob("streamlit*.log"))  # one per app server of the test session
+    tail = "\n".join(f"[{log.name}]\n" + log.read_text(errors="replace")[-4000:] for log in logs) or "(no server log)"
     try:
         screenshot(page, f"failure-{re.sub(r'[^a-z0-9]+', '-', what.lower())[:40]}")
     except Exception:  # noqa: BLE001

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,18 @@ def make_labeling_project(root: Path, *, n: int = 48, size: int = 96, queued: in
     return project
 
 
+@pytest.fixture(autouse=True)
+def apptest_cookie(monkeypatch):
+    """AppTests have no browser: ui.session takes the session cookie from apptest_session.TOKEN instead."""
+    import apptest_session
+
+    import ui.session
+
+    monkeypatch.setattr(ui.session, "browser_token", lambda _served: apptest_session.TOKEN["token"])
+    yield
+    apptest_session.TOKEN["token"] = None
+
+
 @pytest.fixture
 def passwords() -> dict[str, str]:
     """The password of each test account."""
@@ -60,16 +73,16 @@ def browser_project(tmp_path_factory):
     return make_labeling_project(tmp_path_factory.mktemp("browser"))
 
 
-@pytest.fixture(scope="session")
-def app_url(browser_project, tmp_path_factory) -> Iterator[str]:
-    """Start the app the way `cxr-al serve` does on a free local port; stop it after the session."""
+@contextmanager
+def serving(root: Path, log_name: str = "streamlit.log") -> Iterator[str]:
+    """The app served the way `cxr-al serve` does, for the project at root, on a free local port: its URL."""
     from active.delivery.serve import free_port, start_server, wait_until_ready
 
     port = free_port()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = ARTIFACTS / "streamlit.log"  # browser_steps.explain_failure shows its tail when a step fails
+    log = ARTIFACTS / log_name  # browser_steps.explain_failure shows its tail when a step fails
     log.unlink(missing_ok=True)
-    proc = start_server(browser_project.root, port=port, host="127.0.0.1", log=log)
+    proc = start_server(root, port=port, host="127.0.0.1", log=log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, proc, timeout=90)
@@ -81,6 +94,25 @@ def app_url(browser_project, tmp_path_factory) -> Iterator[str]:
         except Exception:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    """serving(root, log_name): for test modules that serve a project of their own."""
+    return serving
+
+
+@pytest.fixture(scope="session")
+def labeling_project():
+    """make_labeling_project(root, n=..., queued=...): for test modules that build a project of their own."""
+    return make_labeling_project
+
+
+@pytest.fixture(scope="session")
+def app_url(browser_project, tmp_path_factory) -> Iterator[str]:
+    """Start the app the way `cxr-al serve` does on a free local port; stop it after the session."""
+    with serving(browser_project.root) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

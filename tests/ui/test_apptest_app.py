@@ -1,12 +1,16 @@
-"""Streamlit AppTest of the app's own logic: sign-in, the label page, export and accounts pages."""
+"""Streamlit AppTest of the app's own logic: sign-in, the label page, export and accounts pages, sessions (the
+browser's session decides, never st.session_state; one check per run; guarded fragments; sign-out)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from apptest_session import present_cookie, sign_in_apptest
 from streamlit.testing.v1 import AppTest
 
+from active.views import sessions
 from active.views.accounts import authenticate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,9 +25,10 @@ def served(ui_project, monkeypatch):
 
 
 def app_as(name: str | None, role: str | None = None, page: str = "app.py") -> AppTest:
+    """The page as `name` sees it (signed in through a real session; role: the account's, for the reader)."""
     at = AppTest.from_file(str(REPO / page), default_timeout=TIMEOUT)
     if name is not None:
-        at.session_state["cxr_user"] = {"name": name, "role": role}
+        sign_in_apptest(name)
     return at.run()
 
 
@@ -32,9 +37,20 @@ def pictures(at: AppTest) -> list[str]:
     return [h.value for h in at.html if "data:image/png;base64," in h.value]
 
 
+def session_cookie_set(at: AppTest) -> str:
+    """The token of the session cookie the page's script gives the browser (SameSite=Strict, path /)."""
+    from active.views.sessions import COOKIE_PREFIX
+
+    scripts = [h.value for h in at.html if "document.cookie" in h.value and COOKIE_PREFIX in h.value]
+    assert scripts, "no session cookie was set"
+    match = re.search(COOKIE_PREFIX + r"[0-9a-f]{12}=([A-Za-z0-9_-]{40,}); Path=/; SameSite=Strict", scripts[-1])
+    assert match, scripts[-1]
+    return match.group(1)
+
+
 def texts(at: AppTest) -> str:
     parts = [m.value for m in (*at.markdown, *at.caption, *at.title, *at.success, *at.error, *at.warning,
-                               *at.subheader)]
+                               *at.subheader, *at.info)]
     return "\n".join(str(p) for p in parts)
 
 
@@ -46,11 +62,16 @@ def test_sign_in_shows_nothing_of_the_project_until_the_password_is_right(served
     at.text_input(key="signin_password").input("wrong-password")
     at.button[0].click().run()
     assert "Wrong username or password." in texts(at)
-    assert "cxr_user" not in at.session_state
+    assert served.db.sessions().empty
     assert (served.db.events("signin_failed")["actor"] == "alice").any()
     at.text_input(key="signin_password").input(passwords["alice"])
     at.button[0].click().run()
-    assert at.session_state["cxr_user"] == {"name": "alice", "role": "annotator"}
+    assert served.db.sessions()["annotator"].tolist() == ["alice"]  # a server-side session, and a cookie for it:
+    token = session_cookie_set(at)
+    assert not at.get("image") and "label_session" not in at.session_state  # nothing until the browser sends it
+    present_cookie(token)  # the browser reloads with its new cookie
+    at.run()
+    assert "label_session" in at.session_state and "Signed in as **alice** (annotator)" in texts(at)
 
 
 def test_label_page_buttons_label_skip_unsure_and_undo(served):
@@ -139,7 +160,7 @@ def test_label_page_panels_prediction_neighbours_and_round_status(served):
                            predictions=pd.DataFrame({"image_id": ids, "probs": list(probs)}))
 
     at = AppTest.from_file(str(REPO / "ui/label.py"), default_timeout=TIMEOUT)
-    at.session_state["cxr_user"] = {"name": "alice", "role": "annotator"}
+    sign_in_apptest("alice")
     at.run()
     at.toggle(key="panel_neighbours").set_value(True).run()
     shown = texts(at)
@@ -172,3 +193,64 @@ def test_an_abandoned_round_is_reaped_and_does_not_block_the_policy(served):
         assert rounds.loc[alive, "params"]["pid"] == 1
     # nobody holds the lock any more: whatever process has that pid, the round is not running
     assert reap_abandoned_rounds(served) == [alive]
+
+
+# ----------------------------------------------------------------------------- sessions
+def guarded_page() -> None:
+    """A page whose only check is its fragment's (session.fragment): the fragment body counts its runs."""
+    import streamlit as st
+
+    from ui import session
+
+    @session.fragment("label")
+    def panel() -> None:
+        st.session_state["panel_runs"] = st.session_state.get("panel_runs", 0) + 1
+        st.markdown("panel body")
+        st.button("press", key="press")
+
+    panel()
+
+
+def test_session_state_alone_signs_nobody_in(served):
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.session_state["cxr_user"] = {"name": "lena", "role": "lead"}  # what used to be enough
+    at.session_state["_cxr_checked"] = (None, {"name": "lena", "role": "lead", "session": "x"})
+    at.run()
+    assert [t.label for t in at.text_input] == ["Username", "Password"]
+    assert "label_session" not in at.session_state
+
+
+def test_one_session_check_per_run(served, monkeypatch):
+    token = sign_in_apptest("alice")
+    calls = []
+    real = sessions.session_user
+    monkeypatch.setattr(sessions, "session_user", lambda *a: calls.append(1) or real(*a))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
+    assert "Signed in as **alice** (annotator)" in "\n".join(c.value for c in at.caption)
+    assert len(calls) == 1  # app.py and the page's require() share it
+    sessions.end_session(served, token)
+    at.run()
+    assert len(calls) == 2 and "You signed out." in texts(at)
+
+
+def test_a_guarded_fragment_checks_the_session_on_its_own_reruns(served):
+    token = sign_in_apptest("alice")
+    at = AppTest.from_function(guarded_page, default_timeout=TIMEOUT).run()
+    assert "panel body" in texts(at) and at.session_state["panel_runs"] == 1
+    at.button(key="press").click().run()
+    assert at.session_state["panel_runs"] == 2
+    sessions.end_session(served, token)
+    at.run()
+    assert "Please sign in." in texts(at) and "panel body" not in texts(at)
+    assert "panel_runs" not in at.session_state  # the body did not run; the ended session's state is dropped
+
+
+def test_sign_out_ends_the_server_side_session(served):
+    token = sign_in_apptest("lena")
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
+    at.button(key="signout").click().run()
+    assert sessions.session_user(served, token) == (None, "signed out")
+    assert [t.label for t in at.text_input] == ["Username", "Password"] and "You signed out." in texts(at)
+    present_cookie(None)  # the browser dropped the cookie; nothing more to say
+    at.run()
+    assert "You signed out." not in texts(at)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from apptest_session import sign_in_apptest
 from streamlit.testing.v1 import AppTest
 
 from active.engine.labeling import record_label
@@ -88,7 +89,7 @@ def project(seeded, tmp_path, monkeypatch):
 
 def _page(path: str, user: str) -> AppTest:
     at = AppTest.from_file(path, default_timeout=TIMEOUT)
-    at.session_state["cxr_user"] = {"name": user, "role": ROLES[user]}
+    sign_in_apptest(user)  # a real session for the account (its role: ROLES[user])
     return at.run()
 
 
