@@ -138,6 +138,8 @@ MIGRATIONS[4] = [
     "ALTER TABLE queue ADD COLUMN IF NOT EXISTS claim_session VARCHAR",
 ]
 
+SESSIONS_KEPT_DAYS = 30  # ended sign-in sessions are kept this long (who was signed in when), then deleted
+
 # Why a sign-in session is over, or NULL while it is live ($now: the time of the check). One expression for the
 # per-page check, the sweep, claims and labels, so they never disagree.
 _SESSION_END_REASON = """CASE
@@ -563,14 +565,16 @@ class ProjectDB:
         if stale:
             con.executemany("UPDATE sessions SET ended_at = ?, end_reason = ? WHERE token_hash = ?",
                             [(now, reason, token) for token, reason in stale])
+        con.execute("DELETE FROM sessions WHERE ended_at < ?", [now - timedelta(days=SESSIONS_KEPT_DAYS)])
         return cls._release_claims(con)
 
     @classmethod
     def _release_claims(cls, con: duckdb.DuckDBPyConnection) -> int:
-        """Open queue entries claimed by sessions that have ended go back to the queue, unassigned."""
+        """Open queue entries claimed by sessions that have ended (or are gone) go back to the queue, unassigned."""
         released = con.execute(
             """UPDATE queue SET annotator = NULL, claim_session = NULL
-               WHERE status = 'open' AND claim_session IN (SELECT token_hash FROM sessions WHERE ended_at IS NOT NULL)
+               WHERE status = 'open' AND claim_session IS NOT NULL
+                 AND claim_session NOT IN (SELECT token_hash FROM sessions WHERE ended_at IS NULL)
                RETURNING id, image_id""").fetchall()
         if released:
             cls._log(con, "claims_released", None, {"queue_ids": sorted(int(r[0]) for r in released),
