@@ -147,3 +147,23 @@ def test_cli_sign_out_all_and_disable(project):
     assert sessions.session_user(project, token) == (None, "signed out by an admin")
     done = user("disable", str(project.root), "nobody")
     assert done.returncode != 0 and "no account 'nobody'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_schema_v3_project_gains_sessions_when_opened(project):
+    """A project made before sessions existed: opening it migrates (schema v4) and sign-in sessions work."""
+    import duckdb
+
+    from store.db import SCHEMA_VERSION
+    from store.project import open_project
+
+    con = duckdb.connect(str(project.db.path))
+    for stmt in ("DROP TABLE sessions", "DROP TABLE signin_failures", "ALTER TABLE queue DROP COLUMN claim_session",
+                 "ALTER TABLE annotators DROP COLUMN disabled_at",
+                 "ALTER TABLE annotators DROP COLUMN credentials_changed_at",
+                 "UPDATE meta SET value = '3' WHERE key = 'schema_version'"):
+        con.execute(stmt)
+    con.close()
+    reopened = open_project(project.root)
+    assert reopened.db.schema_version() == SCHEMA_VERSION == 4
+    token = sessions.start_session(reopened, "lena")
+    assert sessions.session_user(reopened, token)[0]["role"] == "lead"
