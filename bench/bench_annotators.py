@@ -98,9 +98,10 @@ def worker(args: argparse.Namespace) -> int:
 
 def run_level(k: int, args: argparse.Namespace) -> dict:
     """K annotators at once on a fresh project and server; returns the measured numbers."""
+    from conftest import make_labeling_project
+
     from active.delivery.serve import free_port, start_server, wait_until_ready
     from active.views.accounts import add_user
-    from conftest import make_labeling_project
 
     with tempfile.TemporaryDirectory(prefix="cxr-al-annotators-") as tmp:
         tmp_path = Path(tmp)

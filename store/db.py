@@ -150,8 +150,6 @@ _SESSION_END_REASON = """CASE
     WHEN s.expires_at <= $now THEN 'expired'
     WHEN s.idle_expires_at <= $now THEN 'idle'
     ELSE NULL END"""
-_LIVE_SESSION = f"""EXISTS (SELECT 1 FROM sessions s LEFT JOIN annotators a ON a.name = s.annotator
-    WHERE s.token_hash = $session AND ({_SESSION_END_REASON}) IS NULL)"""
 TEST_SPLIT_SOURCE = "test-split"  # labels.source of a label given to a held-out test image on explicit request
 
 
@@ -441,6 +439,26 @@ class ProjectDB:
         with self.read() as con:
             return con.execute("SELECT * FROM skipped ORDER BY skipped_at, path").df()
 
+    # ----------------------------------------------------------------- access stamp
+    @property
+    def _access_stamp_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".access")
+
+    def access_stamp(self) -> int:
+        """A number that changes (after the commit) whenever an account or a sign-in session changes in any process:
+        role, password, disabled, sessions ended. A file's mtime, so checking it costs a stat, not a database read:
+        the app keeps checked sessions while it is unchanged (active.views.sessions)."""
+        try:
+            return self._access_stamp_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def _bump_access_stamp(self) -> None:
+        stamp = self._access_stamp_path
+        now = time.time_ns()
+        stamp.touch(exist_ok=True)
+        os.utime(stamp, ns=(now, max(now, self.access_stamp() + 1)))
+
     # ----------------------------------------------------------------- annotators
     def upsert_annotator(self, name: str, role: str = "annotator", password_hash: str | None = None,
                          actor: str | None = None, *, password_changed: bool = False) -> None:
@@ -458,6 +476,7 @@ class ProjectDB:
             if password_changed:
                 self._end_sessions(con, now, "password changed", annotator=name)
             self._log(con, "account", actor, {"name": name, "role": role, "password_changed": password_changed})
+        self._bump_access_stamp()
 
     def set_annotator_disabled(self, name: str, disabled: bool, actor: str | None = None) -> bool:
         """Disable a sign-in account (its sessions end at once, its claims return) or enable it again; False when
@@ -472,6 +491,7 @@ class ProjectDB:
             if disabled:
                 self._end_sessions(con, now, "account disabled", annotator=name)
             self._log(con, "account_disabled" if disabled else "account_enabled", actor, {"name": name})
+        self._bump_access_stamp()
         return True
 
     def annotator(self, name: str) -> dict[str, Any] | None:
@@ -527,6 +547,7 @@ class ProjectDB:
             n = self._end_sessions(con, now, reason, token_hash=token_hash, annotator=annotator)
             if actor is not None:
                 self._log(con, "sessions_ended", actor, {"annotator": annotator, "reason": reason, "n": n})
+        self._bump_access_stamp()
         return n
 
     def end_stale_sessions(self) -> int:
@@ -627,35 +648,53 @@ class ProjectDB:
         """
         now = utcnow()
         with self.write() as con:
-            if session is not None:
-                self._live_session(con, session, annotator, now)
-            row = con.execute("SELECT split FROM images WHERE id = ?", [int(image_id)]).fetchone()
-            if row is None:
-                raise CxrAlError(f"no image with id {image_id} in this project")
-            if row[0] == "test" and test_split == "refuse":
-                raise CxrAlError(f"image {image_id} is in the held-out test split: its labels do not train the "
-                                 "model and never replace its ground truth in test metrics; to record one anyway "
-                                 "(marked 'test-split'), ask explicitly: `cxr-al label ... --test-split`")
-            if row[0] == "test" and test_split == "mark":
-                source = TEST_SPLIT_SOURCE
-            con.execute("INSERT OR IGNORE INTO annotators (name, role, created_at) VALUES (?, 'annotator', ?)",
-                        [annotator, now])
-            (round_id,) = con.execute(
-                "SELECT COALESCE(MAX(id), 0) FROM rounds WHERE kind = 'train' AND status = 'done'").fetchone()
-            (label_id,) = con.execute(
-                """INSERT INTO labels (image_id, label, annotator, created_at, round_id, seconds_spent, source)
-                   VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""",
-                [int(image_id), label, annotator, now, round_id, seconds_spent, source]).fetchone()
-            con.execute(
-                """UPDATE labels SET superseded_by = ?, superseded_at = ?
-                   WHERE image_id = ? AND annotator = ? AND superseded_by IS NULL AND id <> ?""",
-                [label_id, now, int(image_id), annotator, label_id])
-            con.execute(
-                """UPDATE queue SET status = 'done', closed_at = ?
-                   WHERE image_id = ? AND status = 'open' AND (annotator = ? OR annotator IS NULL)""",
-                [now, int(image_id), annotator])
-            self._log(con, "label", annotator, {"image_id": int(image_id), "label": label,
-                                                "label_id": int(label_id), "source": source})
+            return self._insert_label(con, now, int(image_id), label, annotator, seconds_spent=seconds_spent,
+                                      source=source, test_split=test_split, session=session)
+
+    def add_label_then_claim(self, image_id: int, label: str, annotator: str, candidates: Sequence[tuple[str, int]],
+                             *, seconds_spent: float | None = None, source: str = "ui", test_split: str = "refuse",
+                             session: str | None = None) -> tuple[int, tuple[int, int] | None]:
+        """add_label, then claim_first of the candidates for the same annotator, in one transaction: the key press
+        that labels an image also takes the next one, at the cost of one connection. Returns (label id, what
+        claim_first returns)."""
+        now = utcnow()
+        with self.write() as con:
+            label_id = self._insert_label(con, now, int(image_id), label, annotator, seconds_spent=seconds_spent,
+                                          source=source, test_split=test_split, session=session)
+            return label_id, self._claim_first(con, now, candidates, annotator, session, "pool-order")
+
+    @classmethod
+    def _insert_label(cls, con: duckdb.DuckDBPyConnection, now: datetime, image_id: int, label: str, annotator: str,
+                      *, seconds_spent: float | None, source: str, test_split: str, session: str | None) -> int:
+        if session is not None:
+            cls._live_session(con, session, annotator, now)
+        row = con.execute("SELECT split FROM images WHERE id = ?", [int(image_id)]).fetchone()
+        if row is None:
+            raise CxrAlError(f"no image with id {image_id} in this project")
+        if row[0] == "test" and test_split == "refuse":
+            raise CxrAlError(f"image {image_id} is in the held-out test split: its labels do not train the "
+                             "model and never replace its ground truth in test metrics; to record one anyway "
+                             "(marked 'test-split'), ask explicitly: `cxr-al label ... --test-split`")
+        if row[0] == "test" and test_split == "mark":
+            source = TEST_SPLIT_SOURCE
+        con.execute("INSERT OR IGNORE INTO annotators (name, role, created_at) VALUES (?, 'annotator', ?)",
+                    [annotator, now])
+        (round_id,) = con.execute(
+            "SELECT COALESCE(MAX(id), 0) FROM rounds WHERE kind = 'train' AND status = 'done'").fetchone()
+        (label_id,) = con.execute(
+            """INSERT INTO labels (image_id, label, annotator, created_at, round_id, seconds_spent, source)
+               VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""",
+            [int(image_id), label, annotator, now, round_id, seconds_spent, source]).fetchone()
+        con.execute(
+            """UPDATE labels SET superseded_by = ?, superseded_at = ?
+               WHERE image_id = ? AND annotator = ? AND superseded_by IS NULL AND id <> ?""",
+            [label_id, now, int(image_id), annotator, label_id])
+        con.execute(
+            """UPDATE queue SET status = 'done', closed_at = ?
+               WHERE image_id = ? AND status = 'open' AND (annotator = ? OR annotator IS NULL)""",
+            [now, int(image_id), annotator])
+        cls._log(con, "label", annotator, {"image_id": int(image_id), "label": label,
+                                            "label_id": int(label_id), "source": source})
         return int(label_id)
 
     @staticmethod
@@ -823,34 +862,41 @@ class ProjectDB:
                 "SELECT * FROM queue WHERE status = 'open' AND (annotator = ? OR annotator IS NULL) ORDER BY id",
                 [annotator]).df()
 
-    def claim_queue_entry(self, queue_id: int, annotator: str, session: str | None = None) -> bool:
-        """Assign an open unassigned suggestion to an annotator, atomically; False when someone else got it.
-        session: the sign-in session claiming it (the claim is refused unless it is live, and the entry returns to
-        the queue when it ends)."""
-        with self.write() as con:
-            return bool(con.execute(
-                f"""UPDATE queue SET annotator = $annotator, claim_session = $session
-                    WHERE id = $id AND status = 'open' AND annotator IS NULL
-                      AND ($session::VARCHAR IS NULL OR {_LIVE_SESSION}) RETURNING id""",
-                {"annotator": annotator, "session": session, "id": int(queue_id), "now": utcnow()}).fetchall())
-
-    def claim_unlabeled_image(self, image_id: int, annotator: str, strategy: str = "pool-order",
-                              session: str | None = None) -> int | None:
-        """Queue an image for an annotator when nobody has labeled it and no suggestion holds it, atomically;
-        returns the new queue id, or None when it is taken. session: as in claim_queue_entry."""
+    def claim_first(self, candidates: Sequence[tuple[str, int]], annotator: str, session: str | None = None,
+                    strategy: str = "pool-order") -> tuple[int, int] | None:
+        """Claim the first of `candidates` nobody else holds, in one transaction: ("queue", queue id) takes an open
+        unassigned suggestion, ("pool", image id) queues an image nobody has labeled or holds. Returns (its position
+        in candidates, its queue id), or None when others hold them all. With several annotators walking the same
+        suggestions, one write tries many candidates instead of one write (and a connection) per collision.
+        session: the sign-in session claiming (CxrAlError, nothing claimed, when it is over; its idle limit starts
+        again), and the claims return to the queue when it ends."""
         now = utcnow()
         with self.write() as con:
-            row = con.execute(
-                f"""INSERT INTO queue (image_id, annotator, strategy, score, model_round, rank, created_at,
-                                       claim_session)
-                    SELECT $image, $annotator, $strategy, 0.0, NULL, 0, $now, $session
-                    WHERE NOT EXISTS (SELECT 1 FROM queue WHERE image_id = $image AND status = 'open')
-                      AND NOT EXISTS (SELECT 1 FROM labels WHERE image_id = $image AND superseded_by IS NULL)
-                      AND ($session::VARCHAR IS NULL OR {_LIVE_SESSION})
-                    RETURNING id""",
-                {"image": int(image_id), "annotator": annotator, "strategy": strategy, "now": now,
-                 "session": session}).fetchone()
-        return None if row is None else int(row[0])
+            if session is not None:
+                self._live_session(con, session, annotator, now)
+            return self._claim_first(con, now, candidates, annotator, session, strategy)
+
+    @staticmethod
+    def _claim_first(con: duckdb.DuckDBPyConnection, now: datetime, candidates: Sequence[tuple[str, int]],
+                     annotator: str, session: str | None, strategy: str) -> tuple[int, int] | None:
+        for position, (kind, ident) in enumerate(candidates):
+            if kind == "queue":
+                row = con.execute("""UPDATE queue SET annotator = ?, claim_session = ?
+                                     WHERE id = ? AND status = 'open' AND annotator IS NULL RETURNING id""",
+                                  [annotator, session, int(ident)]).fetchone()
+            else:
+                row = con.execute(
+                    """INSERT INTO queue (image_id, annotator, strategy, score, model_round, rank, created_at,
+                                          claim_session)
+                       SELECT $image, $annotator, $strategy, 0.0, NULL, 0, $now, $session
+                       WHERE NOT EXISTS (SELECT 1 FROM queue WHERE image_id = $image AND status = 'open')
+                         AND NOT EXISTS (SELECT 1 FROM labels WHERE image_id = $image AND superseded_by IS NULL)
+                       RETURNING id""",
+                    {"image": int(ident), "annotator": annotator, "strategy": strategy, "now": now,
+                     "session": session}).fetchone()
+            if row is not None:
+                return position, int(row[0])
+        return None
 
     def close_queue_entries(self, ids: Sequence[int], status: str) -> None:
         """Close suggestions as skipped, expired or unsure."""

@@ -107,7 +107,9 @@ def choose_grouped_test_split(paths: Sequence[str], labels: Sequence[str | None]
     n_groups = len({g for _, g in labeled})
     if fraction <= 0 or n_groups < 2:
         return chosen
-    from sklearn.model_selection import StratifiedGroupKFold  # 3-4 s to import: only when a split is drawn
+    from sklearn.model_selection import (
+        StratifiedGroupKFold,  # 3-4 s to import: only when a split is drawn
+    )
 
     y = [lab for lab, _ in labeled]
     g = [grp for _, grp in labeled]

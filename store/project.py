@@ -166,5 +166,21 @@ def open_project(root: Path | str) -> Project:
     if not isinstance(config, dict) or "classes" not in config:
         raise CxrAlError(f"{cfg_path} has no 'classes' list")
     config = validate_config(config, str(cfg_path))  # the schema (store/config.py), defaults filled in
-    ProjectDB(root / DB_NAME).migrate(root)  # a read when the schema is current
+    _migrate_once(root)
     return Project(root, config)
+
+
+# Database files this process has seen at the current schema, by (path, device, inode): the app opens its project
+# on every page run, and a schema check is a database connection each time. A new file at the same path (a
+# project made again) has another inode and is checked again.
+_CURRENT_SCHEMA: set[tuple[str, int, int]] = set()
+
+
+def _migrate_once(root: Path) -> None:
+    """Bring the project's database to the current schema, once per file per process."""
+    path = root / DB_NAME
+    info = path.stat()
+    key = (str(path), info.st_dev, info.st_ino)
+    if key not in _CURRENT_SCHEMA:
+        ProjectDB(path).migrate(root)  # a read when the schema is current
+        _CURRENT_SCHEMA.add(key)

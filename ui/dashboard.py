@@ -157,7 +157,7 @@ def _training_panel(project: Project, user: dict[str, str], history: pd.DataFram
     requested = st.session_state.get(REQUESTED_KEY)
     watching = (history["status"] == "running").any() or (
         requested is not None and time.monotonic() - requested < REQUEST_WATCH_S)
-    st.fragment(_round_status, run_every=POLL_S if watching else None)(project)
+    session.fragment("dashboard", run_every=POLL_S if watching else None)(_round_status)(project)
 
 
 def _efficiency(project: Project) -> None:

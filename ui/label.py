@@ -265,12 +265,18 @@ def _neighbour_panel(ls: labeling.LabelingSession, image_id: int, k: int = 4) ->
                             caption=f"{item['label']} · {item['similarity']:.2f}")
 
 
-@st.fragment(run_every=5)
-def round_status(ls: labeling.LabelingSession) -> None:
-    """The training round in progress, or the model in use; a finished round refreshes the queue."""
+@st.cache_data(ttl=3, show_spinner=False, max_entries=8)
+def _round_progress(root: str) -> dict[str, Any]:
+    """round_progress, shared by every annotator's page for a few seconds (each polls it every 5 s)."""
     from active.views.status import round_progress
 
-    info = round_progress(ls.project)
+    return round_progress(open_project(root))
+
+
+@session.fragment("label", run_every=5)
+def round_status(ls: labeling.LabelingSession) -> None:
+    """The training round in progress, or the model in use; a finished round refreshes the queue."""
+    info = _round_progress(str(ls.project.root))
     with st.container(key="label-round"):
         if info["running"] is not None:
             run = info["running"]
@@ -311,7 +317,7 @@ def _prefetch(ls: labeling.LabelingSession, overlay_round: int | None) -> None:
         threading.Thread(target=_warm, args=(str(ls.project.root), items, overlay_round), daemon=True).start()
 
 
-@st.fragment
+@session.fragment("label")
 def labeling_panel(ls: labeling.LabelingSession, panels: dict[str, bool]) -> None:
     """The image, its context and the label buttons; reruns alone after each key press."""
     message = st.session_state.get(MESSAGE_KEY)

@@ -75,9 +75,11 @@ def client_address() -> str | None:
     return address if isinstance(address, str) else None
 
 
-def current_user() -> dict[str, Any] | None:
+def current_user(touch: bool = True) -> dict[str, Any] | None:
     """The signed-in account {name, role, session} of this browser, checked against its server-side session once
-    per page run (a role change, revocation or expiry shows on the next run); None when not signed in."""
+    per page run (a role change, revocation or expiry shows on the next run); None when not signed in. touch: the
+    run is the user's doing, so it counts as activity (a timer's run does not: an open tab never keeps a session
+    from idling out)."""
     ctx = get_script_run_ctx()
     run = ctx.cursors if ctx is not None else None  # a new dict every run: identity marks this run
     checked = st.session_state.get(CHECKED_KEY)
@@ -85,7 +87,7 @@ def current_user() -> dict[str, Any] | None:
         return checked[1]
     served = project()
     token = browser_token(served)
-    user, reason = sessions.session_user(served, token)
+    user, reason = sessions.session_user(served, token, touch=touch)
     if user is None and reason is not None and st.session_state.get(FORGOTTEN_KEY) != token:
         _forget(reason, token)  # once: later runs of this connection still send the dead cookie
     st.session_state[CHECKED_KEY] = (run, user)
@@ -154,10 +156,11 @@ def clear_cookie() -> None:
         </script>""", unsafe_allow_javascript=True)
 
 
-def require(action: str) -> dict[str, Any]:
+def require(action: str, touch: bool = True) -> dict[str, Any]:
     """The signed-in account when it may do action; otherwise the page stops with a message. Every page calls it
-    first: it checks the session (once per run) and binds this run's labeling claims to it."""
-    user = current_user()
+    first: it checks the session (once per run) and binds this run's labeling claims to it. touch: as in
+    current_user."""
+    user = current_user(touch)
     if user is None:
         st.warning("Please sign in.")
         st.stop()
@@ -170,11 +173,14 @@ def require(action: str) -> dict[str, Any]:
 def fragment(action: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """st.fragment(**options) whose every run first checks the session like require(action). A fragment's own
     reruns (a key press in it, run_every) skip app.py and the page's require(), so a plain @st.fragment keeps
-    working for a session that is over, and for a client that reconnected with only a Streamlit session id."""
+    working for a session that is over, and for a client that reconnected with only a Streamlit session id.
+    The runs of a fragment with run_every are a timer's, not the user's: they do not count as activity."""
+    touch = options.get("run_every") is None
+
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         def checked(*args: Any, **kwargs: Any) -> Any:
-            require(action)
+            require(action, touch)
             return func(*args, **kwargs)
 
         return st.fragment(checked, **options)

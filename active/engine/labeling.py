@@ -10,8 +10,10 @@ holds it. So when two annotators race for one image exactly one gets it, and con
 see disjoint images.
 'Unsure' closes the entry as 'unsure' and re-queues the image unassigned for a second reader; the
 annotator who was unsure never gets it back. A snapshot of the queue and labels is kept for
-SNAPSHOT_TTL_S seconds, so a label costs one write plus at most a read and two writes for the next
-claim, not a handful of full-table reads per key press.
+SNAPSHOT_TTL_S seconds, and a key press costs one write: the label and the claim of the next image (which
+tries up to CLAIM_BATCH candidates in that one transaction, so annotators colliding on the queue's head cost no
+extra connections), not a handful of full-table reads. A stale snapshot costs nothing but order: claims are
+atomic, and a finished round makes the page refresh it at once.
 In the app a LabelingSession belongs to a sign-in session (active.views.sessions): its claims carry
 that session, are refused once it is over, and go back to the queue (unassigned) when it ends: on
 sign-out, revocation, or found idle or expired by the sweep each snapshot refresh runs. Its labels
@@ -57,12 +59,18 @@ def record_label(project: Project, image_id: int, label: str, annotator: str, *,
     'test-split' (store.db.TEST_SPLIT_SOURCE), shown as such, and test metrics still use the image's held-out
     ground truth (active.engine.rounds.ground_truth). session: the sign-in session it is given in (see
     store.db.ProjectDB.add_label)."""
+    canonical, annotator = _validated(project, label, annotator, seconds_spent)
+    return project.db.add_label(int(image_id), canonical, annotator, seconds_spent=seconds_spent, source=source,
+                                test_split="mark" if test_split else "refuse", session=session)
+
+
+def _validated(project: Project, label: str, annotator: str, seconds_spent: float | None) -> tuple[str, str]:
+    """The class as the project spells it and the checked annotator name; CxrAlError for bad input."""
     canonical = project.canonical_class(label)
     annotator = validate_annotator(annotator)
     if seconds_spent is not None and not (0 <= float(seconds_spent) < 86400):
         raise CxrAlError("seconds spent must be between 0 and 86400")
-    return project.db.add_label(int(image_id), canonical, annotator, seconds_spent=seconds_spent, source=source,
-                                test_split="mark" if test_split else "refuse", session=session)
+    return canonical, annotator
 
 
 def undo_label(project: Project, annotator: str) -> dict[str, Any] | None:
@@ -70,7 +78,10 @@ def undo_label(project: Project, annotator: str) -> dict[str, Any] | None:
     return project.db.undo_last_label(validate_annotator(annotator))
 
 
-SNAPSHOT_TTL_S = 20.0
+SNAPSHOT_TTL_S = 60.0
+SWEEP_EVERY_S = 15.0  # sessions that are over hand their claims back at most this often per process (a write)
+_LAST_SWEEP: dict[str, float] = {}
+CLAIM_BATCH = 16  # candidates one claim write tries: annotators walking one queue collide on its head
 
 # The sign-in session (token hash) of the page run in progress: the app sets it on every run (ui.session.require),
 # and start_labeling binds a new LabelingSession to it, so claims and labels made from that page carry it.
@@ -137,13 +148,23 @@ def label_current(session: LabelingSession, label: str, *, image_id: int | None 
     if seconds_spent is None:
         elapsed = time.monotonic() - current["shown_at"]
         seconds_spent = elapsed if elapsed < 86400 else None
-    label_id = record_label(session.project, current["image_id"], label, session.annotator,
-                            seconds_spent=seconds_spent, source="ui", session=session.session_key)
+    canonical, annotator = _validated(session.project, label, session.annotator, seconds_spent)
+    # the same write takes the next image (when the snapshot is fresh): one connection per key press, not two
+    fresh = time.monotonic() - session.refreshed_at <= SNAPSHOT_TTL_S
+    batch = [c for c in (_take_batch(session) if fresh else []) if c["image_id"] != current["image_id"]]
+    tried = _unclaimed(batch)
+    try:
+        label_id, got = session.project.db.add_label_then_claim(
+            current["image_id"], canonical, annotator, _claim_keys(tried), seconds_spent=seconds_spent, source="ui",
+            test_split="refuse", session=session.session_key)
+    except BaseException:
+        session.candidates.extendleft(reversed(batch))  # nothing was written: the batch is still to come
+        raise
     session.labeled.add(current["image_id"])
     session.done += 1
-    session.last_label = {"label_id": label_id, "image_id": current["image_id"],
-                          "label": session.project.canonical_class(label)}
-    session.current = None
+    session.last_label = {"label_id": label_id, "image_id": current["image_id"], "label": canonical}
+    chosen = _settle(session, batch, tried, got) if batch else None
+    session.current = None if chosen is None else _shown_entry(session, chosen)
     return label_id
 
 
@@ -257,7 +278,9 @@ def _refresh(session: LabelingSession) -> None:
     """Re-read the queue, the labels and the pool into the session's candidate list (after handing the claims of
     sign-in sessions that are over back to the queue)."""
     db = session.project.db
-    db.end_stale_sessions()
+    if time.monotonic() - _LAST_SWEEP.get(str(db.path), float("-inf")) >= SWEEP_EVERY_S:
+        _LAST_SWEEP[str(db.path)] = time.monotonic()
+        db.end_stale_sessions()
     pool = db.images("pool")
     session.paths = {int(i): str(p) for i, p in zip(pool["id"], pool["path"], strict=True)}
     labels = db.current_labels()
@@ -287,21 +310,65 @@ def _refresh(session: LabelingSession) -> None:
     session.refreshed_at = time.monotonic()
 
 
-def _claim(session: LabelingSession, candidate: dict[str, Any]) -> dict[str, Any] | None:
-    """Make the candidate this annotator's, atomically (None when someone else got it or labeled it meanwhile)."""
-    if candidate["claimed"]:
-        return candidate
-    db = session.project.db
-    if candidate["source"] == "pool":
-        queue_id = db.claim_unlabeled_image(candidate["image_id"], session.annotator, session=session.session_key)
-        if queue_id is None:
-            _require_live(session)  # refused because the sign-in session is over, not taken by someone else?
-            return None
-        return {**candidate, "queue_id": queue_id, "claimed": True, "strategy": "pool-order"}
-    if not db.claim_queue_entry(candidate["queue_id"], session.annotator, session=session.session_key):
-        _require_live(session)
+def _take_batch(session: LabelingSession) -> list[dict[str, Any]]:
+    """The next candidates this annotator may get, up to CLAIM_BATCH, ending early at one they already hold."""
+    batch: list[dict[str, Any]] = []
+    while session.candidates and len(batch) < CLAIM_BATCH:
+        candidate = session.candidates.popleft()
+        image_id = candidate["image_id"]
+        if image_id in session.labeled or image_id in session.passed or image_id not in session.paths:
+            continue
+        batch.append(candidate)
+        if candidate["claimed"]:
+            break  # this annotator's own: nothing after it is needed
+    return batch
+
+
+def _unclaimed(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The candidates of a batch to claim in the database (none when its first is the annotator's own already)."""
+    return [] if not batch or batch[0]["claimed"] else [c for c in batch if not c["claimed"]]
+
+
+def _claim_keys(candidates: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [("pool", c["image_id"]) if c["source"] == "pool" else ("queue", c["queue_id"]) for c in candidates]
+
+
+def _settle(session: LabelingSession, batch: list[dict[str, Any]], tried: list[dict[str, Any]],
+            got: tuple[int, int] | None) -> dict[str, Any] | None:
+    """The batch's candidate this annotator now holds, given what the claim of `tried` returned; the candidates
+    after it go back to the front of the snapshot, those before it are held by others. None when others hold all.
+    An own claim can only be the batch's last (or its first, then nothing was tried)."""
+    if batch[0]["claimed"]:
+        position, chosen = 0, batch[0]
+    elif got is not None:
+        position, queue_id = got
+        chosen = {**tried[position], "queue_id": queue_id, "claimed": True}
+        if chosen["source"] == "pool":
+            chosen["strategy"] = "pool-order"
+        position = batch.index(tried[position])
+    elif batch[-1]["claimed"]:
+        position, chosen = len(batch) - 1, batch[-1]
+    else:
         return None
-    return {**candidate, "claimed": True}
+    session.candidates.extendleft(reversed(batch[position + 1:]))
+    return chosen
+
+
+def _claim(session: LabelingSession, batch: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first candidate of the batch this annotator holds or can claim (claimed atomically, in one write for
+    the whole batch); None when others hold them all. CxrAlError when the sign-in session is over."""
+    tried = _unclaimed(batch)
+    got = session.project.db.claim_first(_claim_keys(tried), session.annotator, session=session.session_key) \
+        if tried else None
+    return _settle(session, batch, tried, got)
+
+
+def _shown_entry(session: LabelingSession, claimed: dict[str, Any]) -> dict[str, Any]:
+    """What current_image returns for a claimed candidate."""
+    from_pool = claimed["source"] == "pool"
+    remaining = 1 + sum(1 for c in session.candidates if (c["source"] == "pool") == from_pool)
+    return {**claimed, "path": session.paths[claimed["image_id"]], "remaining": remaining,
+            "shown_at": time.monotonic()}
 
 
 def _next_image(session: LabelingSession) -> dict[str, Any] | None:
@@ -310,19 +377,13 @@ def _next_image(session: LabelingSession) -> dict[str, Any] | None:
         _refresh(session)
         refreshed = True
     while True:
-        if not session.candidates:
+        batch = _take_batch(session)
+        if not batch:
             if refreshed:
                 return None
             _refresh(session)
             refreshed = True
             continue
-        candidate = session.candidates.popleft()
-        image_id = candidate["image_id"]
-        if image_id in session.labeled or image_id in session.passed or image_id not in session.paths:
-            continue
-        claimed = _claim(session, candidate)
-        if claimed is None:
-            continue
-        from_pool = claimed["source"] == "pool"
-        remaining = 1 + sum(1 for c in session.candidates if (c["source"] == "pool") == from_pool)
-        return {**claimed, "path": session.paths[image_id], "remaining": remaining, "shown_at": time.monotonic()}
+        claimed = _claim(session, batch)
+        if claimed is not None:
+            return _shown_entry(session, claimed)

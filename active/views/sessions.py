@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from datetime import timedelta
 from typing import Any
 
 import pandas as pd
@@ -22,6 +25,7 @@ from store.db import utcnow
 from store.project import Project
 
 TOKEN_BYTES = 32
+RECHECK_S = 30.0  # a live session checked in this process is read again after this long, or when access changes
 TOUCH_EVERY_S = 60.0  # a session's idle limit restarts at most this often (a write), or every quarter of the limit
 COOKIE_PREFIX = "cxr_al_session_"
 
@@ -57,13 +61,55 @@ def start_session(project: Project, name: str, *, address: str | None = None) ->
     return token
 
 
-def session_user(project: Project, token: str | None) -> tuple[dict[str, Any] | None, str | None]:
+# Live sessions this process checked lately: (database, token hash) -> (access stamp, when, row). Every page run
+# and fragment run checks its session; with several annotators labeling that was a database connection per key
+# press. A kept row is used while the project's access stamp (store.db: bumped after any change to accounts or
+# sessions, in any process) is unchanged, for at most RECHECK_S, and only while its own expiry times say it is
+# live; anything else reads the database again, so a revocation still shows on the next run.
+_CHECKED: dict[tuple[str, str], tuple[int, float, dict[str, Any]]] = {}
+_CHECKED_LOCK = threading.Lock()
+
+
+def _session_row(project: Project, key: str) -> dict[str, Any] | None:
+    """The session's row (as ProjectDB.session), from this process's recent checks when nothing changed since."""
+    cache_key = (str(project.db.path), key)
+    stamp = project.db.access_stamp()  # before the read: a change committed after it shows on the next check
+    with _CHECKED_LOCK:
+        hit = _CHECKED.get(cache_key)
+    now = utcnow()
+    if (hit is not None and hit[0] == stamp and time.monotonic() - hit[1] < RECHECK_S
+            and hit[2]["expires_at"] > now and hit[2]["idle_expires_at"] > now):
+        return hit[2]
+    row = project.db.session(key)
+    with _CHECKED_LOCK:
+        if row is not None and row["end_reason"] is None:
+            _CHECKED[cache_key] = (stamp, time.monotonic(), row)
+        else:
+            _CHECKED.pop(cache_key, None)
+        if len(_CHECKED) > 4096:  # sessions gone quiet: keep the dictionary small
+            old = [k for k, (_, when, _) in _CHECKED.items() if time.monotonic() - when >= RECHECK_S]
+            for k in old:
+                del _CHECKED[k]
+    return row
+
+
+def _remember_touch(project: Project, key: str, row: dict[str, Any]) -> None:
+    now = utcnow()
+    touched = {**row, "last_seen": now, "idle_expires_at": now + timedelta(seconds=int(row["idle_s"]))}
+    with _CHECKED_LOCK:
+        hit = _CHECKED.get((str(project.db.path), key))
+        if hit is not None:
+            _CHECKED[(str(project.db.path), key)] = (hit[0], hit[1], touched)
+
+
+def session_user(project: Project, token: str | None, *, touch: bool = True) -> tuple[dict[str, Any] | None, str | None]:
     """(account, None) for a live session's token: {name, role, session (the token's hash)}; (None, why) when the
-    token is unknown or its session is over (then it is ended here, and its claims return to the queue)."""
+    token is unknown or its session is over (then it is ended here, and its claims return to the queue). touch:
+    this counts as activity (the idle limit starts again, written at most every TOUCH_EVERY_S)."""
     if not token:
         return None, None
     key = token_hash(token)
-    row = project.db.session(key)
+    row = _session_row(project, key)
     if row is None:
         return None, "unknown"
     reason = row["end_reason"]
@@ -73,8 +119,9 @@ def session_user(project: Project, token: str | None) -> tuple[dict[str, Any] | 
         if row["ended_at"] is None:
             project.db.end_sessions(reason, token_hash=key)
         return None, reason
-    if (utcnow() - row["last_seen"]).total_seconds() >= min(TOUCH_EVERY_S, row["idle_s"] / 4):
+    if touch and (utcnow() - row["last_seen"]).total_seconds() >= min(TOUCH_EVERY_S, row["idle_s"] / 4):
         project.db.touch_session(key)
+        _remember_touch(project, key, row)
     return {"name": row["annotator"], "role": row["role"], "session": key}, None
 
 

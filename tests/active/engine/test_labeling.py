@@ -181,3 +181,33 @@ def test_a_test_image_is_labeled_only_on_request_and_never_changes_test_metrics(
     other = next(c for c in imported.classes if c != given)
     labeling.record_label(imported, test_id, other, "alice", test_split=True)
     assert ground_truth(imported).set_index("image_id").loc[test_id, "label"] == given
+
+
+def test_annotators_walking_one_queue_cost_one_write_per_label(project, monkeypatch):
+    """Four annotators take turns on one queue (each one's snapshot starts at the same head): every image goes to
+    exactly one of them, and after the first image a key press costs one database write (the label and the next
+    claim together), not one more per image another annotator took meanwhile."""
+    from store.db import ProjectDB
+
+    pool = project.db.images("pool")["id"].tolist()
+    queue(project, pool[:12])
+    sessions = [labeling.start_labeling(project, name) for name in ("alice", "bob", "carol", "dave")]
+    shown = {ls.annotator: [labeling.current_image(ls)["image_id"]] for ls in sessions}
+    writes = []
+    original = ProjectDB.write
+
+    def counted(self):
+        writes.append(1)
+        return original(self)
+
+    monkeypatch.setattr(ProjectDB, "write", counted)
+    for _ in range(2):
+        for ls in sessions:
+            labeling.label_current(ls, "Normal", seconds_spent=1.0)
+            shown[ls.annotator].append(labeling.current_image(ls)["image_id"])
+    everything = [i for ids in shown.values() for i in ids]
+    assert len(everything) == len(set(everything)) == 12  # disjoint: nobody got an image twice
+    assert set(everything) == set(pool[:12])  # in queue order, none skipped over
+    assert len(writes) == 8  # 8 key presses, 8 writes
+    labels = project.db.current_labels()
+    assert len(labels) == 8 and labels.groupby("annotator").size().tolist() == [2, 2, 2, 2]

@@ -3,14 +3,13 @@ researchers load directly (torchvision ImageFolder, Hugging Face `imagefolder`),
 
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import pydicom
+import pytest
 from PIL import Image, PngImagePlugin
 
 from active.views.export import export, export_download

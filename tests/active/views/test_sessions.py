@@ -167,3 +167,30 @@ def test_a_schema_v3_project_gains_sessions_when_opened(project):
     assert reopened.db.schema_version() == SCHEMA_VERSION == 4
     token = sessions.start_session(reopened, "lena")
     assert sessions.session_user(reopened, token)[0]["role"] == "lead"
+
+
+def test_a_kept_check_still_sees_changes_made_by_another_process(project):
+    """Checks are kept in the process while the access stamp stands: a change through another ProjectDB (as the
+    CLI in its own process) bumps it, so the next check reads the database; a timer's check (touch=False) does not
+    count as activity."""
+    from store.db import ProjectDB
+
+    token = sessions.start_session(project, "lena")
+    assert sessions.session_user(project, token)[0]["role"] == "lead"
+    stamp = project.db.access_stamp()
+    other = ProjectDB(project.db.path)  # what `cxr-al user ...` would use
+    other.upsert_annotator("lena", "annotator")
+    assert project.db.access_stamp() != stamp
+    assert sessions.session_user(project, token)[0]["role"] == "annotator"
+    other.set_annotator_disabled("lena", True)
+    assert sessions.session_user(project, token) == (None, "account disabled")
+    quiet = sessions.start_session(project, "alice")
+    seen = project.db.session(sessions.token_hash(quiet))["last_seen"]
+    time.sleep(1.1)  # past the touch interval for a 4 s idle limit
+    with project.db.write() as con:
+        con.execute("UPDATE sessions SET idle_s = 4")
+    sessions._CHECKED.clear()
+    assert sessions.session_user(project, quiet, touch=False)[0]["name"] == "alice"
+    assert project.db.session(sessions.token_hash(quiet))["last_seen"] == seen  # a timer's check: no activity
+    assert sessions.session_user(project, quiet)[0]["name"] == "alice"
+    assert project.db.session(sessions.token_hash(quiet))["last_seen"] > seen
