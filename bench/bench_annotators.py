@@ -70,7 +70,7 @@ def server_pids(proc: subprocess.Popen) -> list[int]:
 
 def worker(args: argparse.Namespace) -> int:
     """One annotator: sign in, wait for the go file, label, print latencies as JSON."""
-    from browser_steps import press, shown_image_id, sign_in, wait_for_other_image
+    from browser_steps import press, shown_image_id, sign_in, sign_out, wait_for_other_image
     from conftest import CHROMIUM, CHROMIUM_ARGS
     from playwright.sync_api import sync_playwright
 
@@ -91,83 +91,97 @@ def worker(args: argparse.Namespace) -> int:
             press(page, str(k % args.n_classes + 1))
             image_id = wait_for_other_image(page, image_id)
             latencies.append((time.perf_counter() - t0) * 1000)
+        if args.sign_out:
+            sign_out(page)
         browser.close()
     print(json.dumps({"user": args.user, "latencies_ms": latencies}))
     return 0
 
 
-def run_level(k: int, args: argparse.Namespace) -> dict:
-    """K annotators at once on a fresh project and server; returns the measured numbers."""
+def run_wave(k: int, wave: int, args: argparse.Namespace, project, url: str, proc: subprocess.Popen,
+             tmp_path: Path) -> dict:
+    """K annotators (new accounts) label at once against the running server; returns the wave's numbers."""
+    from active.views.accounts import add_user
+
+    users = [f"reader{wave + 1}x{j + 1}" for j in range(k)]
+    for user in users:
+        add_user(project, user, "annotator", PASSWORD)
+    go = tmp_path / f"go{wave}"
+    workers: list[subprocess.Popen] = []
+    try:
+        for user in users:
+            cmd = [sys.executable, __file__, "--worker", "--url", url, "--user", user,
+                   "--labels", str(args.labels), "--think-ms", str(args.think_ms),
+                   "--n-classes", str(len(project.classes)), "--ready", str(tmp_path / f"{user}.ready"),
+                   "--go", str(go)] + (["--sign-out"] if args.sign_out else [])
+            workers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True,
+                                            env={**os.environ, "OMP_NUM_THREADS": "1"}))
+        deadline = time.monotonic() + 300
+        while not all((tmp_path / f"{u}.ready").exists() for u in users):
+            if time.monotonic() > deadline or any(w.poll() not in (None, 0) for w in workers):
+                raise RuntimeError("an annotator could not sign in; see the server log " + str(tmp_path))
+            time.sleep(0.1)
+        pids = server_pids(proc)
+        spy = None
+        if args.py_spy and wave == 0:  # where the server's CPU goes, as collapsed stacks (flame-graph input)
+            spy = subprocess.Popen([args.py_spy, "record", "--pid", str(proc.pid), "--subprocesses", "--format", "raw",
+                                    "--rate", "50", "-o", str(args.out.with_suffix(f".k{k}.stacks"))],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+        cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.perf_counter()
+        go.touch()
+        outputs = [w.communicate(timeout=1800)[0] for w in workers]
+        wall = time.perf_counter() - t0
+        pids = server_pids(proc)
+        cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+        rss_end = sum(rss_mb(p) for p in pids)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        time.sleep(args.settle_s)  # sessions of closed browsers are dropped after Streamlit's TTL
+        rss_after = sum(rss_mb(p) for p in server_pids(proc))
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGKILL)
+    per_user = [json.loads(line) for out in outputs for line in out.splitlines() if line.startswith("{")]
+    latencies = [v for u in per_user for v in u["latencies_ms"]]
+    labels = project.db.current_labels()
+    saved = int(labels["annotator"].isin(users).sum())
+    assert saved == k * args.labels, f"{saved} labels saved, {k * args.labels} pressed"
+    queue = project.db.open_queue()
+    still_claimed = int(queue["annotator"].isin(users).sum()) if not queue.empty else 0
+    return {"annotators": k, "wave": wave + 1, "labels": len(latencies), "think_ms": args.think_ms,
+            "image_size": args.size, "median_ms": statistics.median(latencies),
+            "p95_ms": percentile(latencies, 95), "max_ms": max(latencies), "server_cpu_s": cpu,
+            "server_cpu_per_label_s": cpu / max(1, saved), "wall_s": wall, "labels_per_s": saved / wall,
+            "rss_end_mb": rss_end, "rss_after_close_mb": rss_after, "claims_left_after_close": still_claimed,
+            "latencies_ms": latencies}
+
+
+def run_level(k: int, args: argparse.Namespace) -> list[dict]:
+    """`--waves` waves of K annotators at once, one fresh project and server; the numbers of each wave."""
     from conftest import make_labeling_project
 
     from active.delivery.serve import free_port, start_server, wait_until_ready
-    from active.views.accounts import add_user
 
     with tempfile.TemporaryDirectory(prefix="cxr-al-annotators-") as tmp:
         tmp_path = Path(tmp)
-        n_images = k * (args.labels + 4)
+        n_images = args.waves * k * (args.labels + 4)
         project = make_labeling_project(tmp_path, n=int(n_images / 0.8) + 8, size=args.size, queued=n_images)
-        users = [f"reader{j + 1}" for j in range(k)]
-        for user in users:
-            add_user(project, user, "annotator", PASSWORD)
         port = free_port()
         proc = start_server(project.root, port=port, log=tmp_path / "server.log")
         url = f"http://127.0.0.1:{port}"
-        workers: list[subprocess.Popen] = []
         try:
             wait_until_ready(url, proc, timeout=90)
-            pids = server_pids(proc)
-            rss_start = sum(rss_mb(p) for p in pids)
-            go = tmp_path / "go"
-            for user in users:
-                cmd = [sys.executable, __file__, "--worker", "--url", url, "--user", user,
-                       "--labels", str(args.labels), "--think-ms", str(args.think_ms),
-                       "--n-classes", str(len(project.classes)), "--ready", str(tmp_path / f"{user}.ready"),
-                       "--go", str(go)]
-                workers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True,
-                                                env={**os.environ, "OMP_NUM_THREADS": "1"}))
-            deadline = time.monotonic() + 300
-            while not all((tmp_path / f"{u}.ready").exists() for u in users):
-                if time.monotonic() > deadline or any(w.poll() not in (None, 0) for w in workers):
-                    raise RuntimeError("an annotator could not sign in; see the server log " + str(tmp_path))
-                time.sleep(0.1)
-            pids = server_pids(proc)
-            spy = None
-            if args.py_spy:  # where the server's CPU goes, as collapsed stacks (flame-graph input)
-                spy = subprocess.Popen([args.py_spy, "record", "--pid", str(proc.pid), "--subprocesses",
-                                        "--format", "raw", "--rate", "50", "-o", str(args.out.with_suffix(f".k{k}.stacks"))],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(1.0)
-            cpu0, t0 = sum(cpu_seconds(p) for p in pids), time.perf_counter()
-            go.touch()
-            outputs = [w.communicate(timeout=1800)[0] for w in workers]
-            wall = time.perf_counter() - t0
-            pids = server_pids(proc)
-            cpu = sum(cpu_seconds(p) for p in pids) - cpu0
-            rss_end = sum(rss_mb(p) for p in pids)
-            if spy is not None:
-                spy.send_signal(signal.SIGINT)
-                spy.wait(timeout=60)
-            time.sleep(args.settle_s)  # sessions of closed browsers are dropped after Streamlit's TTL
-            rss_after = sum(rss_mb(p) for p in server_pids(proc))
+            rss_start = sum(rss_mb(p) for p in server_pids(proc))
+            waves = [run_wave(k, w, args, project, url, proc, tmp_path) for w in range(args.waves)]
         finally:
-            for w in workers:
-                if w.poll() is None:
-                    os.killpg(w.pid, signal.SIGKILL)
             proc.terminate()
             proc.wait(timeout=30)
-        per_user = [json.loads(line) for out in outputs for line in out.splitlines() if line.startswith("{")]
-        latencies = [v for u in per_user for v in u["latencies_ms"]]
-        labels = project.db.current_labels()
-        saved = int(labels["annotator"].isin(users).sum())
-        assert saved == k * args.labels, f"{saved} labels saved, {k * args.labels} pressed"
-        queue = project.db.open_queue()
-        still_claimed = int(queue["annotator"].isin(users).sum()) if not queue.empty else 0
-    return {"annotators": k, "labels": len(latencies), "think_ms": args.think_ms, "image_size": args.size,
-            "median_ms": statistics.median(latencies), "p95_ms": percentile(latencies, 95), "max_ms": max(latencies),
-            "server_cpu_s": cpu, "server_cpu_per_label_s": cpu / max(1, saved), "wall_s": wall,
-            "labels_per_s": saved / wall, "rss_start_mb": rss_start, "rss_end_mb": rss_end,
-            "rss_after_close_mb": rss_after, "claims_left_after_close": still_claimed, "latencies_ms": latencies}
+    for wave in waves:
+        wave["rss_start_mb"] = rss_start
+    return waves
 
 
 def main() -> int:
@@ -177,6 +191,9 @@ def main() -> int:
     parser.add_argument("--think-ms", type=int, default=0, help="time each annotator looks before pressing")
     parser.add_argument("--size", type=int, default=512, help="phantom image side in pixels")
     parser.add_argument("--settle-s", type=float, default=5.0, help="wait after the browsers close before RSS")
+    parser.add_argument("--waves", type=int, default=1,
+                        help="waves of K new annotators against the same server (RSS after many sessions)")
+    parser.add_argument("--sign-out", action="store_true", help="each annotator signs out when done")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "annotators.json")
     parser.add_argument("--py-spy", default=None, help="path of a py-spy binary: record the server's stacks")
     # worker mode (one annotator), started by the benchmark itself
@@ -191,15 +208,15 @@ def main() -> int:
         return worker(args)
 
     levels = [int(v) for v in args.annotators.split(",")]
-    results = [run_level(k, args) for k in levels]
+    results = [wave for k in levels for wave in run_level(k, args)]
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                "load_avg": os.getloadavg()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results, "machine": machine}, indent=2))
-    print(f"{'K':>3} {'labels':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'CPU s/label':>12} {'labels/s':>9} "
+    print(f"{'K':>3} {'wave':>4} {'labels':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'CPU s/label':>12} {'labels/s':>9} "
           f"{'RSS MB start/end/after':>24} {'claims left':>12}")
     for r in results:
-        print(f"{r['annotators']:>3} {r['labels']:>7} {r['median_ms']:>8.0f} {r['p95_ms']:>8.0f} {r['max_ms']:>8.0f} "
+        print(f"{r['annotators']:>3} {r['wave']:>4} {r['labels']:>7} {r['median_ms']:>8.0f} {r['p95_ms']:>8.0f} {r['max_ms']:>8.0f} "
               f"{r['server_cpu_per_label_s']:>12.3f} {r['labels_per_s']:>9.2f} "
               f"{r['rss_start_mb']:>8.0f}/{r['rss_end_mb']:.0f}/{r['rss_after_close_mb']:.0f} "
               f"{r['claims_left_after_close']:>12}")
