@@ -8,6 +8,7 @@ import upwards, so callers that run a strategy check its name themselves.
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
@@ -44,9 +45,37 @@ class RoundPolicy(BaseModel):
     random_share: float = Field(default=DEFAULT_ROUND_POLICY["random_share"], strict=False, ge=0.0, le=1.0)
 
 
+class OidcSignIn(BaseModel):
+    """Sign-in through an OpenID Connect provider (project.yaml `access.oidc`): the provider's name (its
+    `[auth.NAME]` section in the project's .streamlit/secrets.toml, which holds the client id and secret: never
+    project.yaml), the label of its button, and the identity claim whose value is an account's name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, strict=True)
+    provider: str = Field(strict=True)
+    label: Text | None = None
+    claim: str = Field(default="email", strict=True)
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", value):  # Streamlit refuses '_' in provider names
+            raise ValueError(f"must be 1-32 lower-case letters, digits or '-' (got {value!r})")
+        return value
+
+    @field_validator("claim")
+    @classmethod
+    def _claim(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.:-]{0,63}", value):
+            raise ValueError(f"must be a claim name such as 'email' or 'preferred_username' (got {value!r})")
+        return value
+
+
 class AccessPolicy(BaseModel):
     """Sign-in sessions and lockout (project.yaml `access`): seconds a session lives without a sign of life and at
-    most; failed sign-ins (per name tried) that lock it; seconds a lock lasts (0: until `cxr-al user unlock`)."""
+    most; failed sign-ins (per name tried) that lock it; seconds a lock lasts (0: until `cxr-al user unlock`);
+    optional sign-in through an OpenID Connect provider (`oidc`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,11 +83,21 @@ class AccessPolicy(BaseModel):
     session_max_s: int = _int(12 * 3600, 60, 90 * 24 * 3600)
     lockout_failures: int = _int(10, 1, 1000)
     lockout_s: int = _int(15 * 60, 0, 365 * 24 * 3600)
+    oidc: OidcSignIn | None = None
 
 
-def access_policy(config: dict[str, Any]) -> dict[str, int]:
-    """The access settings of a project configuration, defaults filled in."""
+def access_policy(config: dict[str, Any]) -> dict[str, Any]:
+    """The access settings of a project configuration, defaults filled in (`oidc`: None when not configured)."""
     return AccessPolicy.model_validate(config.get("access") or {}).model_dump()
+
+
+def oidc_sign_in(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The OpenID Connect sign-in settings {enabled, provider, label, claim} of a project configuration when it is
+    configured and enabled (label filled in from the provider's name), else None."""
+    oidc = access_policy(config)["oidc"]
+    if not oidc or not oidc["enabled"]:
+        return None
+    return {**oidc, "label": oidc["label"] or oidc["provider"]}
 
 
 class ProjectConfig(BaseModel):
@@ -135,6 +174,8 @@ def _describe(error: dict[str, Any]) -> str:
         problem = "must be a number" + got
     elif kind in ("string_type", "str_type"):
         problem = "must be text" + got
+    elif kind in ("bool_type", "bool_parsing"):
+        problem = "must be true or false" + got
     elif kind == "string_too_short":
         problem = "must not be empty"
     elif kind in ("list_type", "tuple_type"):

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-import streamlit as st
+from typing import Any
 
-from active.views.accounts import SignInRefused, authenticate
+import streamlit as st
+from streamlit.errors import StreamlitAuthError, StreamlitMissingAuthlibError
+
+from active.views.accounts import SignInRefused, authenticate, oidc_account
+from store.config import oidc_sign_in
 from ui import session
 
 
 def render() -> None:
-    """Username + password form; a right password starts a session and gives this browser its cookie."""
+    """Username + password form, and "Sign in with PROVIDER" when project.yaml configures OpenID Connect; a right
+    password, or an identity from the provider that names an account, starts a session and gives this browser
+    its cookie."""
     st.title("CXR-AL")
     st.caption("Sign in to label chest X-rays.")
     ended = session.end_message()
     if ended:
         st.info(ended)
+    oidc = oidc_sign_in(session.project().config)
+    if oidc is not None:
+        provider_sign_in(oidc)
     with st.form("signin", clear_on_submit=False, enter_to_submit=True):
         name = st.text_input("Username", key="signin_username", autocomplete="username")
         password = st.text_input("Password", type="password", key="signin_password",
@@ -35,6 +44,25 @@ def render() -> None:
         st.error("Wrong username or password.")
         return
     session.sign_in(user)
+
+
+def provider_sign_in(oidc: dict[str, Any]) -> None:
+    """Back from the provider (st.user holds a fresh identity): sign in as the account it names, or say why not.
+    Otherwise the "Sign in with ..." button, which sends the browser to the provider (st.login)."""
+    try:
+        user = oidc_account(session.project(), st.user.to_dict(), provider=oidc["provider"], claim=oidc["claim"],
+                            address=session.client_address())
+    except SignInRefused as exc:
+        st.error(f"Not signed in: {exc}.")
+        user = None
+    if user is not None:
+        session.sign_in(user)
+    if st.button(f"Sign in with {oidc['label']}", key="signin_oidc", icon=":material/badge:"):
+        try:
+            st.login(oidc["provider"])
+        except (StreamlitAuthError, StreamlitMissingAuthlibError) as exc:  # they say what to fix
+            st.error(f"Sign-in with {oidc['label']} is not set up right: {exc}")
+    st.caption("or with a username and password:")
 
 
 if __name__ == "__main__":  # run as a page by st.navigation: draw it from the imported module

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import signal
@@ -10,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 import webbrowser
@@ -19,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from active.engine.jobs import die_with_parent
+from store.config import oidc_sign_in
 from store.errors import CxrAlError
-from store.project import open_project
+from store.project import Project, open_project
 
 APP_PATH = Path(__file__).resolve().parents[2] / "app.py"
 PROJECT_ENV = "CXR_AL_PROJECT"
@@ -93,11 +96,55 @@ def check_exposure(host: str, tls: tuple[Path, Path] | None, insecure_http: bool
               "network in clear text", file=sys.stderr)
 
 
-def server_command(port: int, host: str, tls: tuple[Path, Path] | None = None) -> list[str]:
+def secrets_path(project_root: Path | str) -> Path:
+    """The project's Streamlit secrets file: the only one its app server reads (the `[auth]` settings of sign-in
+    through OpenID Connect: client id and secret, cookie secret, redirect URI)."""
+    return Path(project_root).resolve() / ".streamlit" / "secrets.toml"
+
+
+def check_oidc(project: Project) -> None:
+    """When project.yaml turns on sign-in through OpenID Connect: Authlib is installed and the project's secrets file
+    is private to its owner and holds what Streamlit's st.login needs; CxrAlError saying what to fix otherwise."""
+    oidc = oidc_sign_in(project.config)
+    if oidc is None:
+        return
+    if importlib.util.find_spec("authlib") is None:
+        raise CxrAlError("access.oidc needs Authlib: pip install 'cxr-al[oidc]' (or set access.oidc.enabled: false)")
+    path, name = secrets_path(project.root), oidc["provider"]
+    needs = (f"[auth] with redirect_uri = \"https://HOST:PORT/oauth2callback\" and cookie_secret, and [auth.{name}] "
+             "with client_id, client_secret and server_metadata_url")
+    try:
+        mode = path.stat().st_mode
+        with open(path, "rb") as handle:
+            secrets = tomllib.load(handle)
+    except FileNotFoundError:
+        raise CxrAlError(f"access.oidc is on but {path} is missing: write {needs} there (chmod 600)") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CxrAlError(f"{path}: cannot read it ({exc})") from None
+    if mode & 0o077:
+        raise CxrAlError(f"{path} holds the client secret but others may read it: chmod 600 {path}")
+    auth = secrets.get("auth")
+    provider = auth.get(name) if isinstance(auth, dict) else None
+    missing = [f"auth.{key}" for key in ("redirect_uri", "cookie_secret") if not (auth or {}).get(key)]
+    missing += [f"auth.{name}.{key}" for key in ("client_id", "client_secret", "server_metadata_url")
+                if not isinstance(provider, dict) or not provider.get(key)]
+    if missing:
+        raise CxrAlError(f"{path}: missing {', '.join(missing)} (it needs {needs})")
+    if not str(auth["redirect_uri"]).rstrip("/").endswith("/oauth2callback"):
+        raise CxrAlError(f"{path}: auth.redirect_uri must be the app's address followed by /oauth2callback "
+                         f"(got {auth['redirect_uri']!r})")
+    if len(str(auth["cookie_secret"])) < 32:
+        raise CxrAlError(f"{path}: auth.cookie_secret must be a long random secret (at least 32 characters, e.g. "
+                         "python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+
+
+def server_command(port: int, host: str, tls: tuple[Path, Path] | None = None,
+                   secrets: Path | None = None) -> list[str]:
     """The `python -m streamlit run app.py` command line: headless, no usage stats, no file watcher; HTTPS when
-    given a certificate and key. Streamlit's full garbage collection after every script run is off: with torch
-    and pandas loaded it cost a third of the server's CPU per key press (py-spy, bench/bench_annotators.py);
-    Python's own generational collector still runs."""
+    given a certificate and key; secrets read from that file only (never ~/.streamlit or the working folder).
+    Streamlit's full garbage collection after every script run is off: with torch and pandas loaded it cost a
+    third of the server's CPU per key press (py-spy, bench/bench_annotators.py); Python's own generational
+    collector still runs."""
     command = [sys.executable, "-m", "streamlit", "run", str(APP_PATH),
                "--server.headless", "true", "--browser.gatherUsageStats", "false",
                "--server.address", host, "--server.port", str(port),
@@ -105,6 +152,8 @@ def server_command(port: int, host: str, tls: tuple[Path, Path] | None = None) -
                "--client.toolbarMode", "minimal", "--runner.postScriptGC", "false"]
     if tls is not None:
         command += ["--server.sslCertFile", str(tls[0]), "--server.sslKeyFile", str(tls[1])]
+    if secrets is not None:
+        command += ["--secrets.files", str(secrets)]
     return command
 
 
@@ -114,6 +163,7 @@ def start_server(project_dir: Path | str, *, port: int = 8501, host: str = "127.
     """Check the project, the exposure and the port, then start the app server in a child process and return it."""
     project = open_project(project_dir)  # CxrAlError when it is not a project
     check_exposure(host, tls, insecure_http)
+    check_oidc(project)
     if not 0 < int(port) < 65536:
         raise CxrAlError(f"--port must be between 1 and 65535, got {port}")
     if not port_is_free(host, int(port)):
@@ -121,7 +171,8 @@ def start_server(project_dir: Path | str, *, port: int = 8501, host: str = "127.
     env = {**os.environ, PROJECT_ENV: str(project.root.resolve()), "OMP_WAIT_POLICY": "PASSIVE"}
     out = open(log, "ab") if log is not None else None  # noqa: SIM115  (the child keeps it open)
     try:
-        return subprocess.Popen(server_command(int(port), host, tls), cwd=str(APP_PATH.parent), env=env,
+        return subprocess.Popen(server_command(int(port), host, tls, secrets_path(project.root)),
+                                cwd=str(APP_PATH.parent), env=env,
                                 stdout=out, stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
                                 preexec_fn=die_with_parent(),  # kill -9 of serve takes the app server with it
                                 umask=private_umask())  # its exports and artifacts are private to the user

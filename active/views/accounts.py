@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TextIO
@@ -296,6 +296,74 @@ def authenticate(project: Project, name: str, password: str, *, address: str | N
         project.db.clear_signin_failures(subjects[0])
         project.db.log_event("signin", name, role=account["role"], address=address or LOCAL_ADDRESS)
         return {"name": name, "role": account["role"]}
+
+
+# Sign-in through OpenID Connect (README "Sign-in through OpenID Connect"). Streamlit's st.login leaves the
+# provider's identity in a signed cookie that lives 30 days and comes with every new page; CXR-AL takes it once (in
+# this process, and per the project's sign-in events), to start a session of its own like a right password does,
+# and only while it is fresh (its ID token issued moments ago). So sign-out, revocation, expiry and roles all stay
+# with that session, and the identity cookie left in the browser never signs anyone in again (Streamlit's st.logout
+# would clear it, but also sign the user out of the provider).
+OIDC_FRESH_S = 300.0  # an identity whose ID token is older than this opens nothing
+RECENT_SIGNINS = 1000  # sign-in events searched for an identity taken before this process started
+_USED_IDENTITIES: dict[str, float] = {}  # identities taken in this process (hashed) -> when (time.time())
+_USED_LOCK = threading.Lock()
+
+
+def _take_identity(project: Project, claims: Mapping[str, Any], now: float) -> str | None:
+    """The identity's hash the first time a fresh identity is seen (in this process, and in the sign-in events of
+    the project, which outlive a restart); None when it is stale or was taken already."""
+    issued = claims.get("iat")
+    if isinstance(issued, bool) or not isinstance(issued, int | float) or not -60 <= now - issued <= OIDC_FRESH_S:
+        return None
+    key = hashlib.sha256(json.dumps([claims.get(k) for k in ("iss", "sub", "aud", "nonce", "iat")],
+                                    default=str).encode("utf-8")).hexdigest()[:32]
+    with _USED_LOCK:
+        for old in [k for k, when in _USED_IDENTITIES.items() if now - when > 2 * OIDC_FRESH_S]:
+            del _USED_IDENTITIES[old]
+        if key in _USED_IDENTITIES:
+            return None
+        _USED_IDENTITIES[key] = now
+    signins = project.db.events("signin", limit=RECENT_SIGNINS)["payload"]
+    taken = any(json.loads(payload).get("identity") == key for payload in signins if isinstance(payload, str))
+    return None if taken else key
+
+
+def _account_named(project: Project, name: str) -> dict[str, Any] | None:
+    """The sign-in account of this name, else the one whose name differs only in case (when just one does)."""
+    account = project.db.annotator(name)
+    if account is None:
+        users = project.db.annotators()
+        same = users[users["name"].str.lower() == name.lower()]["name"].tolist()
+        account = project.db.annotator(same[0]) if len(same) == 1 else None
+    return account if account is not None and account.get("role") in ROLES else None
+
+
+def oidc_account(project: Project, claims: Mapping[str, Any], *, provider: str, claim: str = "email",
+                 address: str | None = None, now: float | None = None) -> dict[str, Any] | None:
+    """The account {name, role} an identity from the project's OpenID Connect provider signs in as: the one named
+    by the identity's `claim` (st.user's claims). None when the identity is another provider's, stale, or was
+    taken already (the sign-in page then just shows itself). SignInRefused, logged like a failed sign-in (the
+    keyed hash of the value, never the value), when no enabled account has that name."""
+    if claims.get("provider") != provider or not claims.get("is_logged_in"):
+        return None
+    taken = _take_identity(project, claims, time.time() if now is None else now)
+    if taken is None:
+        return None
+    value = claims.get(claim)
+    name = value.strip()[:256] if isinstance(value, str) else ""
+    account = _account_named(project, name) if name else None
+    if account is None or account.get("disabled_at") is not None:
+        project.db.log_event("signin_failed", None if account is None else account["name"],
+                             name_hash=name_hash(project, name)[:16], address=address or LOCAL_ADDRESS,
+                             reason=f"{provider} identity: " + ("no such account" if account is None else "disabled"))
+        if account is None:
+            shown = repr(name) if name else f"(your identity has no {claim!r})"
+            raise SignInRefused(f"no account here matches your {provider} sign-in {shown}; ask an admin to add one")
+        raise SignInRefused("this account is disabled; ask an admin to enable it")
+    project.db.log_event("signin", account["name"], role=account["role"], address=address or LOCAL_ADDRESS,
+                         provider=provider, identity=taken)
+    return {"name": account["name"], "role": account["role"]}
 
 
 def failed_signins(project: Project, limit: int = 50) -> pd.DataFrame:
