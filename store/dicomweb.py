@@ -256,8 +256,15 @@ def fetch_instances(client: DICOMwebClient, url: str, instances: Iterable[PacsIn
             if sent != inst.sop_uid:
                 report.refused.append((inst.sop_uid, f"the server sent instance {sent or 'without a UID'} instead"))
             else:
-                _write_instance(dataset, dest / inst.relative_path())
-                report.fetched += 1
+                try:
+                    _write_instance(dataset, dest / inst.relative_path())
+                except OSError as exc:  # a full disk, a folder gone: stop, keep what is fetched
+                    raise _fetch_stopped(exc, url, dest, report) from exc
+                except (ValueError, AttributeError) as exc:  # no or broken file meta: this one cannot be saved
+                    report.refused.append((inst.sop_uid, f"cannot be saved as a DICOM file: {exc} "
+                                                         f"[{type(exc).__name__}]"))
+                else:
+                    report.fetched += 1
         if progress:
             progress(1)
 

@@ -118,8 +118,9 @@ def relative_source_path(path: str, roots: list[str]) -> str:
 
 def export_table(db: ProjectDB, labeled: pd.DataFrame, *, paths: bool = False, keep_uids: bool = False) -> pd.DataFrame:
     """The export's rows for a labeled set (labeled_set(..., packed=False)), aligned with it row by row:
-    source_path relative to the ingest folder (left out when not `paths`), DICOM UIDs pseudonymised unless
-    `keep_uids` (raw UIDs hold no name but lead back to the patient for whoever holds the PACS)."""
+    source_path relative to the ingest folder (left out when not `paths`), DICOM UIDs and the original files'
+    sha256 pseudonymised (keyed with the project secret) unless `keep_uids` (raw UIDs and hashes hold no name but
+    lead back to the patient for whoever holds the PACS or the original files)."""
     table = labeled.copy()
     roots = ingest_roots(db) if paths and len(table) else []
     table["source_path"] = [relative_source_path(p, roots) for p in table["path"]] if paths else None
@@ -128,6 +129,10 @@ def export_table(db: ProjectDB, labeled: pd.DataFrame, *, paths: bool = False, k
         raw = table[list(UID_COLUMNS)].copy()
         for col in UID_COLUMNS:
             table[col] = [pseudonymous_uid(secret, v) if isinstance(v, str) and v else None for v in raw[col]]
+        # the original file's hash finds that file (and its patient) for whoever holds the originals: keyed too,
+        # still one value per image content within the project (duplicates stay visible)
+        table["sha256"] = [hmac.new(secret, b"sha256:" + v.encode("ascii"), hashlib.sha256).hexdigest()
+                           if isinstance(v, str) and v else None for v in table["sha256"]]
         if paths:  # files fetched from a PACS are stored as <study>/<series>/<sop>.dcm: their UIDs go too
             table["source_path"] = [_replace_uids(path, uids, secret)
                                     for path, uids in zip(table["source_path"], raw.itertuples(index=False),

@@ -185,6 +185,11 @@ def _csv_by_path(csv_path: Path, images_dir: Path, kind: str, fields: dict[str, 
     column must be there. Empty values are left out, rows with none dropped."""
     if not csv_path.is_file():
         raise CxrAlError(f"{kind} file {csv_path} not found")
+    try:
+        csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CxrAlError(f"{csv_path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 "
+                         "(e.g. 'CSV UTF-8' in a spreadsheet) and run again") from exc
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         cols = {c.lower().strip(): c for c in (reader.fieldnames or [])}

@@ -59,6 +59,8 @@ def efficiency_chart(curve: pd.DataFrame, simulation: pd.DataFrame, metric: str)
 
 
 def _on_train(project: Project, actor: str) -> None:
+    if not session.allowed("train"):
+        return  # the page run that follows shows why
     try:
         pid = policy.start_training_now(project, actor)
     except CxrAlError as exc:

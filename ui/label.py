@@ -79,6 +79,8 @@ def _say(text: str) -> None:
 
 
 def _on_label(ls: labeling.LabelingSession, image_id: int, label: str) -> None:
+    if not session.allowed("label", ls.session_key):
+        return  # the page run that follows shows why (signed out, expired ...)
     try:
         labeling.label_current(ls, label, image_id=image_id)
     except CxrAlError as exc:
@@ -89,6 +91,8 @@ def _on_label(ls: labeling.LabelingSession, image_id: int, label: str) -> None:
 
 
 def _on_skip(ls: labeling.LabelingSession, image_id: int) -> None:
+    if not session.allowed("label", ls.session_key):
+        return  # the page run that follows shows why (signed out, expired ...)
     try:
         labeling.skip_current(ls, image_id=image_id)
     except CxrAlError as exc:
@@ -98,6 +102,8 @@ def _on_skip(ls: labeling.LabelingSession, image_id: int) -> None:
 
 
 def _on_unsure(ls: labeling.LabelingSession, image_id: int) -> None:
+    if not session.allowed("label", ls.session_key):
+        return  # the page run that follows shows why (signed out, expired ...)
     try:
         requeued = labeling.mark_unsure(ls, image_id=image_id)
     except CxrAlError as exc:
@@ -107,6 +113,8 @@ def _on_unsure(ls: labeling.LabelingSession, image_id: int) -> None:
 
 
 def _on_undo(ls: labeling.LabelingSession) -> None:
+    if not session.allowed("label", ls.session_key):
+        return  # the page run that follows shows why (signed out, expired ...)
     try:
         undone = labeling.undo_last_label(ls)
     except CxrAlError as exc:

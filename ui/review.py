@@ -63,6 +63,10 @@ def _say(text: str) -> None:
 
 
 def _on_relabel(project: Project, image_id: int, label: str, user: dict[str, str]) -> None:
+    now = session.current_user()  # the account as it is now (this run's cookie), not as the page was drawn
+    if now is None or now["name"] != user["name"] or not session.allowed("review_own"):
+        return  # the page run that follows shows why
+    user = now
     try:
         review.relabel(project, image_id, label, user["name"], any_image=review.can_review_all(user["role"]))
     except CxrAlError as exc:

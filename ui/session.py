@@ -156,6 +156,15 @@ def clear_cookie() -> None:
         </script>""", unsafe_allow_javascript=True)
 
 
+def allowed(action: str, session_key: str | None = None) -> bool:
+    """For widget callbacks: Streamlit runs them before the page and its fragments, so before require(). Whether
+    this connection's own cookie is a live session that may do action (and, given session_key, is that session:
+    the one a labeling session belongs to). A client that took over a Streamlit session id without the cookie
+    can press no button."""
+    user = current_user()
+    return user is not None and can(user["role"], action) and (session_key is None or user["session"] == session_key)
+
+
 def require(action: str, touch: bool = True) -> dict[str, Any]:
     """The signed-in account when it may do action; otherwise the page stops with a message. Every page calls it
     first: it checks the session (once per run) and binds this run's labeling claims to it. touch: as in

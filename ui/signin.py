@@ -7,8 +7,9 @@ from typing import Any
 import streamlit as st
 from streamlit.errors import StreamlitAuthError, StreamlitMissingAuthlibError
 
-from active.views.accounts import SignInRefused, authenticate, oidc_account
+from active.views.accounts import authenticate, oidc_account
 from store.config import oidc_sign_in
+from store.errors import CxrAlError
 from ui import session
 
 
@@ -37,13 +38,12 @@ def render() -> None:
     try:
         with st.spinner("Checking ..."):
             user = authenticate(session.project(), name, password, address=session.client_address())
-    except SignInRefused as exc:
-        st.error(f"Not signed in: {exc}.")
-        return
-    if user is None:
-        st.error("Wrong username or password.")
-        return
-    session.sign_in(user)
+        if user is None:
+            st.error("Wrong username or password.")
+            return
+        session.sign_in(user)
+    except CxrAlError as exc:  # refused (throttled, locked), or the project is busy: said, never a traceback
+        st.error(f"Not signed in: {str(exc).rstrip('.')}.")
 
 
 def provider_sign_in(oidc: dict[str, Any]) -> None:
@@ -52,11 +52,10 @@ def provider_sign_in(oidc: dict[str, Any]) -> None:
     try:
         user = oidc_account(session.project(), st.user.to_dict(), provider=oidc["provider"], claim=oidc["claim"],
                             address=session.client_address())
-    except SignInRefused as exc:
-        st.error(f"Not signed in: {exc}.")
-        user = None
-    if user is not None:
-        session.sign_in(user)
+        if user is not None:
+            session.sign_in(user)
+    except CxrAlError as exc:
+        st.error(f"Not signed in: {str(exc).rstrip('.')}.")
     if st.button(f"Sign in with {oidc['label']}", key="signin_oidc", icon=":material/badge:"):
         try:
             st.login(oidc["provider"])

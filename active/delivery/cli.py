@@ -118,7 +118,8 @@ def _ingest_dicomweb(args: argparse.Namespace) -> int:
     if args.images_dir is not None:
         raise CxrAlError("give IMAGES_DIR or --dicomweb URL, not both")
     folder_only = [o for o, v in [("--labels-from", args.labels_from), ("--test-fraction", args.test_fraction),
-                                  ("--follow-links", args.follow_links)] if v]
+                                  ("--follow-links", args.follow_links),
+                                  ("--groups-from", args.groups_from)] if v]
     if folder_only:
         raise CxrAlError(f"{', '.join(folder_only)}: only with IMAGES_DIR (a PACS ingest brings images without labels)")
     password = None
@@ -729,8 +730,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add a source_path column: the path relative to the ingest folder, never absolute (off by "
                         "default: file and folder names often carry patient identifiers)")
     p.add_argument("--keep-uids", action="store_true",
-                   help="DICOM Study/Series/SOP Instance UIDs as recorded, for PACS round trips (default: "
-                        "per-project pseudonyms 2.25.<number>)")
+                   help="DICOM Study/Series/SOP Instance UIDs and the original files' sha256 as recorded, for PACS "
+                        "round trips (default: per-project keyed pseudonyms, UIDs as 2.25.<number>)")
     p.add_argument("--link", action="store_true",
                    help="imagefolder: hard-link the original files (named by image id; they keep their embedded "
                         "metadata) instead of writing metadata-free copies")

@@ -292,7 +292,10 @@ def _refresh(session: LabelingSession) -> None:
         skip = skip | {session.current["image_id"]}
     candidates: deque = deque()
     seen: set[int] = set()
-    own = queue[queue["annotator"] == session.annotator]
+    mine = queue["annotator"] == session.annotator
+    # own: claimed by this sign-in session (or by none: CLI, suggestions assigned to the annotator). Another of the
+    # annotator's sessions' claims are not this one's: they return to the queue when that session ends.
+    own = queue[mine & (queue["claim_session"].isna() | (queue["claim_session"] == session.session_key))]
     unassigned = queue[queue["annotator"].isna()]
     for claimed, frame in ((True, own), (False, unassigned)):
         for row in frame.itertuples(index=False):

@@ -233,8 +233,11 @@ def _one_at_a_time(subjects: list[str]) -> Iterator[None]:
     """Hold the locks of these subjects (in a fixed order, so two attempts never wait on each other in a circle)."""
     stripes = sorted({zlib.crc32(s.encode("utf-8")) % len(_SUBJECT_LOCKS) for s in subjects})
     with ExitStack() as stack:
-        for k in stripes:
-            stack.enter_context(_SUBJECT_LOCKS[k])
+        for k in stripes:  # a bounded wait: attempts queued behind a guesser's are refused, not stalled for ever
+            if not _SUBJECT_LOCKS[k].acquire(timeout=WAIT_IN_LINE_S):
+                raise SignInRefused("other sign-ins from this name or address are being checked; try again in a "
+                                    "moment")
+            stack.callback(_SUBJECT_LOCKS[k].release)
         yield
 
 
@@ -257,8 +260,9 @@ def authenticate(project: Project, name: str, password: str, *, address: str | N
     """The account {name, role} when the password is right, else None (the failure is counted and logged).
 
     Raises SignInRefused, without checking the password, while the name is locked or its next attempt is more
-    than WAIT_IN_LINE_S away; shorter waits are slept (attempts on one name or address queue for their turn). A
-    right password of a disabled account is refused too. address: the client's (st.context.ip_address)."""
+    than WAIT_IN_LINE_S away; shorter waits are slept (attempts on one name or address queue for their turn, at most
+    WAIT_IN_LINE_S). A disabled account signs in with no password (the answer is None, as for a wrong one).
+    address: the client's (st.context.ip_address)."""
     name = (name or "").strip()[:256]
     if not name:
         return None
@@ -276,7 +280,10 @@ def authenticate(project: Project, name: str, password: str, *, address: str | N
         if state["wait_s"] > 0:
             sleep(state["wait_s"])
         account = project.db.annotator(name)
-        real = account is not None and account.get("role") in ROLES and bool(account.get("password_hash"))
+        # a disabled account is checked like an unknown one (same time, same answer): a right password of a
+        # disabled account tells a guesser nothing
+        real = (account is not None and account.get("role") in ROLES and bool(account.get("password_hash"))
+                and account.get("disabled_at") is None)
         with _verification_slot():
             if real:
                 right = verify_password(password or "", account["password_hash"])
@@ -291,8 +298,6 @@ def authenticate(project: Project, name: str, password: str, *, address: str | N
                 project.db.log_event("signin_locked", name if account is not None else None,
                                      name_hash=subjects[0].split(":", 1)[1][:16], address=address or LOCAL_ADDRESS)
             return None
-        if account.get("disabled_at") is not None:
-            raise SignInRefused("this account is disabled; ask an admin to enable it")
         project.db.clear_signin_failures(subjects[0])
         project.db.log_event("signin", name, role=account["role"], address=address or LOCAL_ADDRESS)
         return {"name": name, "role": account["role"]}

@@ -30,7 +30,7 @@ def _grouped(project: Project) -> pd.DataFrame:
     frame = project.db.image_groups()
     frame["group"] = [group_key(k, s, p) for k, s, p in
                       zip(frame["patient_key"], frame["study_uid"], frame["path"], strict=True)]
-    frame["kind"] = frame["group"].str.split(":", n=1).str[0]
+    frame["kind"] = [g.split(":", 1)[0] for g in frame["group"]]  # (no .str: an empty project has no strings)
     return frame
 
 

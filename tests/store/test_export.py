@@ -235,3 +235,12 @@ def test_split_filter(ingested_project, tmp_path) -> None:
     assert len(labeled_set(ingested_project.db, split="pool")) == 3
     with pytest.raises(CxrAlError):
         labeled_set(ingested_project.db, split="bogus")
+
+
+def test_source_file_hashes_are_keyed_unless_kept(ingested_project) -> None:
+    _label_some(ingested_project)
+    labeled = labeled_set(ingested_project.db, packed=False)
+    keyed = export_table(ingested_project.db, labeled)["sha256"]
+    assert not set(keyed) & set(labeled["sha256"]) and keyed.str.len().eq(64).all()
+    assert list(export_table(ingested_project.db, labeled)["sha256"]) == list(keyed)  # stable within the project
+    assert list(export_table(ingested_project.db, labeled, keep_uids=True)["sha256"]) == list(labeled["sha256"])

@@ -224,7 +224,7 @@ def test_one_session_check_per_run(served, monkeypatch):
     token = sign_in_apptest("alice")
     calls = []
     real = sessions.session_user
-    monkeypatch.setattr(sessions, "session_user", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(sessions, "session_user", lambda *a, **k: calls.append(1) or real(*a, **k))
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT).run()
     assert "Signed in as **alice** (annotator)" in "\n".join(c.value for c in at.caption)
     assert len(calls) == 1  # app.py and the page's require() share it

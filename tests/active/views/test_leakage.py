@@ -86,3 +86,15 @@ def test_status_counts_test_split_labels(grouped) -> None:
     test_id = int(grouped.db.images("test")["id"].iloc[0])
     record_label(grouped, test_id, "Normal", "alice", test_split=True)
     assert status(grouped)["grouping"]["test_split_labels"] == 1
+
+
+def test_status_and_leakage_of_a_project_without_images(tmp_path):
+    from active.views.leakage import leakage
+    from active.views.status import status
+    from store.project import init_project
+
+    empty = init_project(tmp_path / "empty", ["Normal", "COVID-19"])
+    report = status(empty)
+    assert report["grouping"]["patients"] == 0
+    found = leakage(empty)
+    assert not found["found"] and found["groups_in_both"] == []

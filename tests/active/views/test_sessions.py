@@ -194,3 +194,24 @@ def test_a_kept_check_still_sees_changes_made_by_another_process(project):
     assert project.db.session(sessions.token_hash(quiet))["last_seen"] == seen  # a timer's check: no activity
     assert sessions.session_user(project, quiet)[0]["name"] == "alice"
     assert project.db.session(sessions.token_hash(quiet))["last_seen"] > seen
+
+
+def test_another_sessions_claim_is_not_this_ones(pool_project):
+    """alice in two browsers: B does not treat A's claim as its own, so when A ends (its claim returns to the
+    queue) B and bob cannot both be shown that image."""
+    a = labeling.start_labeling(pool_project, "alice", session_key=sessions.token_hash(
+        a_token := sessions.start_session(pool_project, "alice")))
+    shown = labeling.current_image(a)["image_id"]
+    b = labeling.start_labeling(pool_project, "alice", session_key=sessions.token_hash(
+        sessions.start_session(pool_project, "alice")))
+    seen_by_b = labeling.current_image(b)["image_id"]
+    assert seen_by_b != shown
+    sessions.end_session(pool_project, a_token)
+    bob = labeling.start_labeling(pool_project, "bob", session_key=sessions.token_hash(
+        sessions.start_session(pool_project, "bob")))
+    assert labeling.current_image(bob)["image_id"] == shown  # A's claim came back: first in line again
+    b.refreshed_at = float("-inf")
+    b.current = None
+    assert labeling.current_image(b)["image_id"] not in (shown,)  # B does not take it as its own
+    held = pool_project.db.open_queue().dropna(subset=["annotator"]).groupby("image_id").size()
+    assert (held <= 1).all()
