@@ -260,7 +260,7 @@ def authenticate(project: Project, name: str, password: str, *, address: str | N
     """The account {name, role} when the password is right, else None (the failure is counted and logged).
 
     Raises SignInRefused, without checking the password, while the name is locked or its next attempt is more
-    than WAIT_IN_LINE_S away; shorter waits are slept (attempts on one name or address queue for their turn, at most
+    than WAIT_IN_LINE_S away; shorter waits are slept (attempts on one name queue for their turn, at most
     WAIT_IN_LINE_S). A disabled account signs in with no password (the answer is None, as for a wrong one).
     address: the client's (st.context.ip_address)."""
     name = (name or "").strip()[:256]
@@ -268,7 +268,9 @@ def authenticate(project: Project, name: str, password: str, *, address: str | N
         return None
     policy = access_policy(project.config)
     subjects = [name_subject(project, name), address_subject(address)]
-    with _one_at_a_time(subjects):
+    # attempts on one name wait for each other (parallel guesses are throttled together); attempts from one address
+    # only count against it: colleagues behind one NAT signing in at once must not queue behind each other
+    with _one_at_a_time(subjects[:1]):
         state = throttle_state(project, name, address)
         if state["locked"]:
             until = ("until an admin unlocks it (`cxr-al user unlock`)" if state["locked_until"] is None else
