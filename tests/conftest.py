@@ -100,3 +100,14 @@ def embedded_phantom_project(root: Path, *, seed: int, test_fraction: float):
                   seed=0)
     embed(project, init="random", in_child=False, progress=False)
     return project
+
+
+def retag_dicom(path: Path, **tags) -> Path:
+    """Set DICOM attributes on a written file (e.g. Modality='CT')."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    ds.save_as(path)
+    return path

@@ -8,7 +8,7 @@ from PIL import Image
 
 from store.errors import CxrAlError
 from store.images import is_dicom, read_grey, read_image
-from tests.conftest import write_dicom
+from tests.conftest import retag_dicom, write_dicom
 
 GRADIENT = np.tile(np.arange(64, dtype=np.uint8) * 4, (32, 1))
 
@@ -184,15 +184,6 @@ def test_multiframe_dicom_is_refused_with_a_reason(tmp_path: Path) -> None:
 RAMP16 = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (16, 1))  # 0..4032, 12 bits used
 
 
-def _retag(path: Path, **tags) -> Path:
-    """Set DICOM attributes on a written file (e.g. Modality='CT')."""
-    import pydicom
-
-    ds = pydicom.dcmread(path)
-    for name, value in tags.items():
-        setattr(ds, name, value)
-    ds.save_as(path)
-    return path
 
 
 def test_native_dicom_keeps_rescaled_values_and_the_files_window(tmp_path: Path) -> None:
@@ -240,9 +231,9 @@ def test_native_monochrome1_is_flagged_and_shown_inverted(tmp_path: Path) -> Non
 def test_native_ct_is_in_hounsfield_units(tmp_path: Path) -> None:
     from store.images import read_native
 
-    path = _retag(write_dicom(tmp_path / "ct.dcm", RAMP16, rescale=(1, -1024)), Modality="CT")
+    path = retag_dicom(write_dicom(tmp_path / "ct.dcm", RAMP16, rescale=(1, -1024)), Modality="CT")
     assert read_native(path)[1].units == "HU"
-    path = _retag(write_dicom(tmp_path / "dx.dcm", RAMP16, rescale=(1, -1024)), RescaleType="HU")
+    path = retag_dicom(write_dicom(tmp_path / "dx.dcm", RAMP16, rescale=(1, -1024)), RescaleType="HU")
     assert read_native(path)[1].units == "HU"
 
 
@@ -258,7 +249,7 @@ def test_native_window_falls_back_to_the_voi_lut_then_the_full_range(tmp_path: P
     lut = Dataset()
     lut.LUTDescriptor = [1024, 512, 16]
     lut.LUTData = np.arange(0, 65536, 64, dtype=np.uint16).tobytes()
-    _retag(path, VOILUTSequence=[lut])
+    retag_dicom(path, VOILUTSequence=[lut])
     _, info = read_native(path)
     assert info.window_source == "dicom-voi-lut" and info.window == (1024.0, 1024.0)  # inputs 512..1535
 

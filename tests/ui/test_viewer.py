@@ -13,27 +13,19 @@ import pytest
 from PIL import Image
 
 from store.images import apply_window, read_native
-from tests.conftest import write_dicom
+from tests.conftest import retag_dicom, write_dicom
 from ui import viewer
 
 RAMP16 = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (64, 1))  # 0..4080 along x
 
 
-def _retag(path: Path, **tags) -> Path:
-    import pydicom
-
-    ds = pydicom.dcmread(path)
-    for name, value in tags.items():
-        setattr(ds, name, value)
-    ds.save_as(path)
-    return path
 
 
 @pytest.fixture
 def ct(tmp_path: Path):
     """A CT-like 16-bit DICOM (rescale -1024: -1024..3056 HU) with a soft-tissue window in its header."""
     path = write_dicom(tmp_path / "ct.dcm", RAMP16, window=(40, 400), rescale=(1, -1024))
-    return read_native(_retag(path, Modality="CT"))
+    return read_native(retag_dicom(path, Modality="CT"))
 
 
 def test_ct_presets_are_the_usual_hu_windows(ct) -> None:
