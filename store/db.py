@@ -4,10 +4,20 @@ DuckDB lets one process hold the file at a time, and several processes share a p
 app, a lead's `cxr-al status`, a training child), so a connection is opened for one operation
 and closed at once. A process that finds the file held retries for a while, then raises
 ProjectBusyError. Writes happen in one transaction; a call returns only after its commit.
+
+Experimental, off unless `CXR_AL_DB_LINGER_S` is set (seconds, e.g. 10, in the environment of
+`cxr-al serve`): opening the file costs ~18 ms of CPU and the first statements on a fresh instance
+read cold pages, together about half the app server's CPU per key press, so a process with the
+setting keeps its connection while it is busy and closes it after that many idle seconds. With it
+on, two of three runs of the browser tests lost a first key press after sign-in (no label saved,
+none acknowledged); the cause is not found, hence off by default. It gives the file up at once when another process asks:
+a process that finds the file held touches `<database>.wanted`, and a lingering process that sees
+it closes its connection within REAP_EVERY_S and, for YIELD_S, closes after every operation again.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -194,6 +204,110 @@ def _thread_lock(path: Path) -> threading.RLock:
         return _THREAD_LOCKS.setdefault(key, threading.RLock())
 
 
+# ----------------------------------------------------------------------------- lingering connections (app server)
+LINGER_ENV = "CXR_AL_DB_LINGER_S"  # seconds a process keeps its connection after the last operation; unset/0: none
+WANTED_SUFFIX = ".wanted"  # touched by a process that found the file held: lingering holders let go
+REAP_EVERY_S = 0.05  # how often a lingering process checks for idleness and for others waiting
+YIELD_S = 1.0  # after giving the file up, connections are closed after every operation for this long
+
+
+class _Lingering:
+    """A process's kept connection to one database file (used under that file's thread lock)."""
+
+    __slots__ = ("con", "pid", "opened_ns", "last_used", "busy")
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con, self.pid, self.opened_ns = con, os.getpid(), time.time_ns()
+        self.last_used, self.busy = time.monotonic(), False
+
+
+_LINGERING: dict[str, _Lingering] = {}
+_YIELD_UNTIL: dict[str, float] = {}
+_REAPER: list[threading.Thread] = []
+
+
+def linger_seconds() -> float:
+    """How long this process keeps an idle connection (CXR_AL_DB_LINGER_S; 0 = close after every operation)."""
+    try:
+        return max(0.0, float(os.environ.get(LINGER_ENV) or 0.0))
+    except ValueError:
+        return 0.0
+
+
+def _wanted_path(path: Path) -> Path:
+    return path.with_name(path.name + WANTED_SUFFIX)
+
+
+def _ask_for(path: Path) -> None:
+    """Tell a process that keeps the file open that this one is waiting for it."""
+    wanted = _wanted_path(path)
+    try:
+        os.close(os.open(wanted, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.utime(wanted)
+    except OSError:
+        pass  # a read-only folder: the holder still lets go when idle
+
+
+def _wanted_since(path: Path, since_ns: int) -> bool:
+    try:
+        return os.stat(_wanted_path(path)).st_mtime_ns >= since_ns
+    except OSError:
+        return False
+
+
+def _let_go(key: str, *, yielding: bool) -> None:
+    """Close the kept connection of one file (caller holds its thread lock)."""
+    kept = _LINGERING.pop(key, None)
+    if yielding:
+        _YIELD_UNTIL[key] = time.monotonic() + YIELD_S
+    if kept is not None and kept.pid == os.getpid():
+        try:
+            kept.con.close()
+        except Exception:  # noqa: BLE001 - closing is best effort; the connection is forgotten either way
+            pass
+
+
+def _reap() -> None:
+    """Background thread of a lingering process: close kept connections that idle or that another process wants."""
+    while True:
+        time.sleep(REAP_EVERY_S)
+        for key, kept in list(_LINGERING.items()):
+            lock = _THREAD_LOCKS.get(key)
+            if lock is None or not lock.acquire(blocking=False):
+                continue  # in use right now: the operation's end checks again
+            try:
+                if _LINGERING.get(key) is not kept or kept.busy:
+                    continue
+                wanted = _wanted_since(Path(key), kept.opened_ns)
+                if wanted or time.monotonic() - kept.last_used > linger_seconds():
+                    _let_go(key, yielding=wanted)
+            except Exception:  # noqa: BLE001 - the reaper must outlive any one failure, or the file stays held
+                _LINGERING.pop(key, None)
+            finally:
+                lock.release()
+
+
+def _start_reaper() -> None:
+    with _THREAD_LOCKS_GUARD:
+        if not _REAPER or not _REAPER[0].is_alive():
+            _REAPER[:] = [threading.Thread(target=_reap, name="cxr-al-db-reaper", daemon=True)]
+            _REAPER[0].start()
+
+
+def close_lingering() -> None:
+    """Close every connection this process keeps (at exit: DuckDB checkpoints its log into the file)."""
+    for key in list(_LINGERING):
+        lock = _THREAD_LOCKS.get(key)
+        if lock is not None and lock.acquire(timeout=5):
+            try:
+                _let_go(key, yielding=False)
+            finally:
+                lock.release()
+
+
+atexit.register(close_lingering)
+
+
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
     return "lock" in text or "being used by another process" in text
@@ -217,6 +331,7 @@ class ProjectDB:
             except duckdb.Error as exc:
                 if not _is_lock_error(exc):
                     raise CxrAlError(f"cannot open project database {self.path}: {exc}") from exc
+                _ask_for(self.path)  # a process that keeps the file open (the app server) lets go
                 if time.monotonic() >= deadline:
                     raise ProjectBusyError(
                         f"project is busy: another process has held {self.path} for more than "
@@ -226,34 +341,58 @@ class ProjectDB:
                 delay = min(delay * 1.6, 0.5)
 
     @contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection for reading, closed on exit."""
-        if not self.path.exists():
-            raise CxrAlError(f"no project database at {self.path} (run `cxr-al init` first)")
-        with _thread_lock(self.path):
-            con = self._open()
+    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for one operation (caller holds the thread lock): this process's kept one when it lingers
+        (see the module docstring), else a new one closed on exit. A failed operation drops a kept connection."""
+        key = str(self.path.resolve())
+        kept = _LINGERING.get(key)
+        if kept is not None and (kept.pid != os.getpid() or _wanted_since(self.path, kept.opened_ns)):
+            _let_go(key, yielding=kept.pid == os.getpid())
+            kept = None
+        linger = linger_seconds()
+        if kept is None and linger > 0 and time.monotonic() >= _YIELD_UNTIL.get(key, 0.0):
+            kept = _LINGERING[key] = _Lingering(self._open())
+            _start_reaper()
+        if kept is None or kept.busy:  # not lingering, or nested in this thread's own operation
+            con = self._open() if kept is None else kept.con.cursor()
             try:
                 yield con
             finally:
                 con.close()
+            return
+        kept.busy = True
+        try:
+            yield kept.con
+        except BaseException:
+            _let_go(key, yielding=False)
+            raise
+        finally:
+            kept.busy = False
+            kept.last_used = time.monotonic()
+        if linger <= 0:
+            _let_go(key, yielding=False)
+
+    @contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for reading."""
+        if not self.path.exists():
+            raise CxrAlError(f"no project database at {self.path} (run `cxr-al init` first)")
+        with _thread_lock(self.path), self._connection() as con:
+            yield con
 
     @contextmanager
     def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection inside one transaction: committed on success, rolled back on any error."""
         if not self.path.exists():
             raise CxrAlError(f"no project database at {self.path} (run `cxr-al init` first)")
-        with _thread_lock(self.path):
-            con = self._open()
+        with _thread_lock(self.path), self._connection() as con:
+            con.begin()
             try:
-                con.begin()
-                try:
-                    yield con
-                except BaseException:
-                    con.rollback()
-                    raise
-                con.commit()
-            finally:
-                con.close()
+                yield con
+            except BaseException:
+                con.rollback()
+                raise
+            con.commit()
 
     # ----------------------------------------------------------------- schema
     def create(self) -> None:

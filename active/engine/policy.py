@@ -14,6 +14,7 @@ import pandas as pd
 from active.engine.artifacts import BACKGROUND_LOG
 from active.engine.labeling import validate_annotator
 from active.engine.rounds import current_rounds, ground_truth
+from store.db import LINGER_ENV
 from store.errors import CxrAlError
 from store.project import Project
 
@@ -94,6 +95,7 @@ def start_round_in_background(project: Project, *, if_due: bool = True) -> int |
     command = [sys.executable, "-m", "active.engine.background", str(project.root.resolve()), "--lock-fd", str(fd)]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE",
            "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))}
+    env.pop(LINGER_ENV, None)  # the round's child opens the database only now and then: it never keeps it open
     try:
         with open(log_dir / BACKGROUND_LOG, "ab") as log:
             proc = subprocess.Popen(command + (["--if-due"] if if_due else []), env=env, pass_fds=(fd,),
