@@ -6,7 +6,8 @@
 A phantom project (512 px images, a queue of suggestions) is served the way `cxr-al serve` does. Each
 annotator is its own process (its own headless Chromium, in its own process group, so the browsers' CPU is
 never counted as the server's): it signs in, waits at a barrier until every annotator shows an image, then
-presses a class key per image, waiting `--think-ms` before each (a reader looks at the image first).
+presses a class key per image, waiting `--think-ms` before each (a reader looks at the image first; each look
+varies by +-`--think-jitter`, as readers do not press in lockstep; `--think-jitter 0` is the lockstep worst case).
 Latency: key press to a different image shown with its pixels decoded. Server CPU: user + system time of
 the server process (and its children) over the labeling window, divided by the labels saved. RSS: the
 server's resident memory before the browsers start, at the end of labeling, and after every browser has
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import signal
 import statistics
 import subprocess
@@ -49,6 +51,33 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / CLK_TCK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live descendants: an annotator's Python, Playwright's
+    driver and Chromium's processes (Chromium starts its own process group, so the tree is followed, not the
+    group); processes that already exited are not counted."""
+    total = 0.0
+    for p in descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def reference_cpu_s() -> float:
+    """CPU seconds of a fixed workload (SHA-256 of 64 MiB and two million Python loop steps): how fast this
+    machine is right now, so runs on a shared or throttled machine can be compared (lower is faster)."""
+    import hashlib
+
+    started = time.process_time()
+    hashlib.sha256(bytes(64 << 20)).hexdigest()
+    total = 0
+    for i in range(2_000_000):
+        total += i & 7
+    return time.process_time() - started
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -56,16 +85,25 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def server_pids(proc: subprocess.Popen) -> list[int]:
-    """The server process and its descendants (serve may run Streamlit as a child)."""
-    pids, frontier = [proc.pid], [proc.pid]
+def descendants(pid: int) -> list[int]:
+    """A process and all its descendants, from /proc."""
+    pids, frontier = [pid], [pid]
     while frontier:
         parent = frontier.pop()
-        children = Path(f"/proc/{parent}/task/{parent}/children")
-        found = [int(p) for p in children.read_text().split()] if children.exists() else []
+        found = []
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                found += [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                continue
         pids += found
         frontier += found
     return pids
+
+
+def server_pids(proc: subprocess.Popen) -> list[int]:
+    """The server process and its descendants (serve may run Streamlit as a child)."""
+    return descendants(proc.pid)
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -84,17 +122,20 @@ def worker(args: argparse.Namespace) -> int:
         Path(args.ready).touch()
         while not Path(args.go).exists():
             time.sleep(0.05)
+        client_cpu0 = tree_cpu_seconds(os.getpid())
+        rng = random.Random(args.user)  # each reader's own pace, the same in every run
         for k in range(args.labels):
             if args.think_ms:
-                page.wait_for_timeout(args.think_ms)
+                page.wait_for_timeout(args.think_ms * rng.uniform(1 - args.think_jitter, 1 + args.think_jitter))
             t0 = time.perf_counter()
             press(page, str(k % args.n_classes + 1))
             image_id = wait_for_other_image(page, image_id)
             latencies.append((time.perf_counter() - t0) * 1000)
+        client_cpu = tree_cpu_seconds(os.getpid()) - client_cpu0
         if args.sign_out:
             sign_out(page)
         browser.close()
-    print(json.dumps({"user": args.user, "latencies_ms": latencies}))
+    print(json.dumps({"user": args.user, "latencies_ms": latencies, "client_cpu_s": client_cpu}))
     return 0
 
 
@@ -112,6 +153,7 @@ def run_wave(k: int, wave: int, args: argparse.Namespace, project, url: str, pro
         for user in users:
             cmd = [sys.executable, __file__, "--worker", "--url", url, "--user", user,
                    "--labels", str(args.labels), "--think-ms", str(args.think_ms),
+                   "--think-jitter", str(args.think_jitter),
                    "--n-classes", str(len(project.classes)), "--ready", str(tmp_path / f"{user}.ready"),
                    "--go", str(go)] + (["--sign-out"] if args.sign_out else [])
             workers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True,
@@ -146,15 +188,18 @@ def run_wave(k: int, wave: int, args: argparse.Namespace, project, url: str, pro
                 os.killpg(w.pid, signal.SIGKILL)
     per_user = [json.loads(line) for out in outputs for line in out.splitlines() if line.startswith("{")]
     latencies = [v for u in per_user for v in u["latencies_ms"]]
+    client_cpu = sum(u["client_cpu_s"] for u in per_user)
     labels = project.db.current_labels()
     saved = int(labels["annotator"].isin(users).sum())
     assert saved == k * args.labels, f"{saved} labels saved, {k * args.labels} pressed"
     queue = project.db.open_queue()
     still_claimed = int(queue["annotator"].isin(users).sum()) if not queue.empty else 0
     return {"annotators": k, "wave": wave + 1, "labels": len(latencies), "think_ms": args.think_ms,
+            "think_jitter": args.think_jitter if args.think_ms else 0.0,
             "image_size": args.size, "median_ms": statistics.median(latencies),
             "p95_ms": percentile(latencies, 95), "max_ms": max(latencies), "server_cpu_s": cpu,
-            "server_cpu_per_label_s": cpu / max(1, saved), "wall_s": wall, "labels_per_s": saved / wall,
+            "server_cpu_per_label_s": cpu / max(1, saved),
+            "client_cpu_per_label_s": client_cpu / max(1, saved), "wall_s": wall, "labels_per_s": saved / wall,
             "rss_end_mb": rss_end, "rss_after_close_mb": rss_after, "claims_left_after_close": still_claimed,
             "latencies_ms": latencies}
 
@@ -189,6 +234,8 @@ def main() -> int:
     parser.add_argument("--annotators", default="8", help="comma-separated numbers of annotators, one run each")
     parser.add_argument("--labels", type=int, default=20, help="labels per annotator")
     parser.add_argument("--think-ms", type=int, default=0, help="time each annotator looks before pressing")
+    parser.add_argument("--think-jitter", type=float, default=0.5,
+                        help="each look lasts think-ms times a uniform draw in [1 - j, 1 + j] (0: all in lockstep)")
     parser.add_argument("--size", type=int, default=512, help="phantom image side in pixels")
     parser.add_argument("--settle-s", type=float, default=5.0, help="wait after the browsers close before RSS")
     parser.add_argument("--waves", type=int, default=1,
@@ -208,22 +255,26 @@ def main() -> int:
         return worker(args)
 
     levels = [int(v) for v in args.annotators.split(",")]
+    reference_before = reference_cpu_s()
     results = [wave for k in levels for wave in run_level(k, args)]
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-               "load_avg": os.getloadavg()}
+               "load_avg": os.getloadavg(), "reference_cpu_s": [reference_before, reference_cpu_s()]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results, "machine": machine}, indent=2))
-    print(f"{'K':>3} {'wave':>4} {'labels':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'CPU s/label':>12} {'labels/s':>9} "
+    print(f"{'K':>3} {'wave':>4} {'think ms':>12} {'labels':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'CPU s/label':>12} {'client s/label':>15} {'labels/s':>9} "
           f"{'RSS MB start/end/after':>24} {'claims left':>12}")
     for r in results:
-        print(f"{r['annotators']:>3} {r['wave']:>4} {r['labels']:>7} {r['median_ms']:>8.0f} {r['p95_ms']:>8.0f} {r['max_ms']:>8.0f} "
-              f"{r['server_cpu_per_label_s']:>12.3f} {r['labels_per_s']:>9.2f} "
+        think = f"{r['think_ms']}+-{r['think_jitter']:.0%}" if r["think_ms"] else "0"
+        print(f"{r['annotators']:>3} {r['wave']:>4} {think:>12} {r['labels']:>7} {r['median_ms']:>8.0f} {r['p95_ms']:>8.0f} {r['max_ms']:>8.0f} "
+              f"{r['server_cpu_per_label_s']:>12.3f} {r['client_cpu_per_label_s']:>15.3f} {r['labels_per_s']:>9.2f} "
               f"{r['rss_start_mb']:>8.0f}/{r['rss_end_mb']:.0f}/{r['rss_after_close_mb']:.0f} "
               f"{r['claims_left_after_close']:>12}")
     eight = [r for r in results if r["annotators"] >= 8]
     for r in eight:
         ok = r["p95_ms"] < 1000 and r["server_cpu_per_label_s"] < 0.1
         print(f"K={r['annotators']}: targets p95 < 1000 ms and CPU/label < 0.1 s {'met' if ok else 'NOT met'}")
+    print(f"machine reference workload: {machine['reference_cpu_s'][0]:.2f} s before, "
+          f"{machine['reference_cpu_s'][1]:.2f} s after (lower is faster)")
     print(f"full numbers in {args.out}")
     return 0
 
