@@ -44,4 +44,3 @@ else:
         st.caption(f"Signed in as **{user['name']}** ({user['role']})")
         st.button("Sign out", key="signout", on_click=session.sign_out, icon=":material/logout:")
 page.run()
-session.freeze_loaded_modules()  # after the page: its imports are frozen out of the full collections

@@ -179,25 +179,6 @@ def require(action: str, touch: bool = True) -> dict[str, Any]:
     return user
 
 
-_FROZEN_AT_MODULES = [0]  # how many modules were loaded when the heap was last frozen
-
-
-def freeze_loaded_modules() -> None:
-    """After a page run that imported new modules (torch, pandas, the pages' own): collect once, then move every
-    surviving object to the collector's permanent generation (gc.freeze). The long-lived objects of imported modules
-    are then never traversed again, so Python's full collections, which run every few seconds while eight readers
-    label, take milliseconds instead of 150-600 ms pauses that every session waited on (bench_annotators.py).
-    Runs a handful of times in a server's life (only when the set of loaded modules grew), so what it freezes
-    besides modules (a first session's state) is bounded."""
-    if len(sys.modules) <= _FROZEN_AT_MODULES[0]:
-        return
-    import gc
-
-    _FROZEN_AT_MODULES[0] = len(sys.modules)
-    gc.collect()
-    gc.freeze()
-
-
 def fragment(action: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """st.fragment(**options) whose every run first checks the session like require(action). A fragment's own
     reruns (a key press in it, run_every) skip app.py and the page's require(), so a plain @st.fragment keeps
