@@ -45,10 +45,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its waited-for children (/proc/PID/stat fields 14-17)."""
+def cpu_seconds(pid: int, waited_children: bool = True) -> float:
+    """User + system CPU seconds of a process (/proc/PID/stat fields 14-15), with those of its waited-for children
+    (fields 16-17) unless told not to."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / CLK_TCK
+    return sum(int(v) for v in fields[11:15 if waited_children else 13]) / CLK_TCK
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -58,10 +59,9 @@ def tree_cpu_seconds(pid: int) -> float:
     total = 0.0
     for p in descendants(pid):
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += cpu_seconds(p, waited_children=False)
         except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+            continue  # exited meanwhile
     return total
 
 

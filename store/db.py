@@ -8,11 +8,12 @@ ProjectBusyError. Writes happen in one transaction; a call returns only after it
 Experimental, off unless `CXR_AL_DB_LINGER_S` is set (seconds, e.g. 10, in the environment of
 `cxr-al serve`): opening the file costs ~18 ms of CPU and the first statements on a fresh instance
 read cold pages, together about half the app server's CPU per key press, so a process with the
-setting keeps its connection while it is busy and closes it after that many idle seconds. With it
-on, two of three runs of the browser tests lost a first key press after sign-in (no label saved,
-none acknowledged); the cause is not found, hence off by default. It gives the file up at once when another process asks:
-a process that finds the file held touches `<database>.wanted`, and a lingering process that sees
-it closes its connection within REAP_EVERY_S and, for YIELD_S, closes after every operation again.
+setting keeps its connection while it is busy and closes it after that many idle seconds. It gives
+the file up when another process asks: a process that finds the file held touches
+`<database>.wanted`, and a lingering process that sees it closes its connection within REAP_EVERY_S
+and, for YIELD_S, closes after every operation again. Off by default: with it on, two of three runs
+of the browser tests lost a first key press after sign-in (no label saved, none acknowledged), and
+the cause is not found.
 """
 
 from __future__ import annotations
@@ -198,8 +199,8 @@ _THREAD_LOCKS: dict[str, threading.RLock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
 
 
-def _thread_lock(path: Path) -> threading.RLock:
-    key = str(path.resolve())
+def _thread_lock(key: str) -> threading.RLock:
+    """The lock of one database file in this process; key: the file's resolved path."""
     with _THREAD_LOCKS_GUARD:
         return _THREAD_LOCKS.setdefault(key, threading.RLock())
 
@@ -342,42 +343,43 @@ class ProjectDB:
 
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection for one operation (caller holds the thread lock): this process's kept one when it lingers
+        """A connection for one operation, under the file's thread lock: this process's kept one when it lingers
         (see the module docstring), else a new one closed on exit. A failed operation drops a kept connection."""
         key = str(self.path.resolve())
-        kept = _LINGERING.get(key)
-        if kept is not None and (kept.pid != os.getpid() or _wanted_since(self.path, kept.opened_ns)):
-            _let_go(key, yielding=kept.pid == os.getpid())
-            kept = None
-        linger = linger_seconds()
-        if kept is None and linger > 0 and time.monotonic() >= _YIELD_UNTIL.get(key, 0.0):
-            kept = _LINGERING[key] = _Lingering(self._open())
-            _start_reaper()
-        if kept is None or kept.busy:  # not lingering, or nested in this thread's own operation
-            con = self._open() if kept is None else kept.con.cursor()
+        with _thread_lock(key):
+            kept = _LINGERING.get(key)
+            if kept is not None and (kept.pid != os.getpid() or _wanted_since(self.path, kept.opened_ns)):
+                _let_go(key, yielding=kept.pid == os.getpid())
+                kept = None
+            linger = linger_seconds()
+            if kept is None and linger > 0 and time.monotonic() >= _YIELD_UNTIL.get(key, 0.0):
+                kept = _LINGERING[key] = _Lingering(self._open())
+                _start_reaper()
+            if kept is None or kept.busy:  # not lingering, or nested in this thread's own operation
+                con = self._open() if kept is None else kept.con.cursor()
+                try:
+                    yield con
+                finally:
+                    con.close()
+                return
+            kept.busy = True
             try:
-                yield con
+                yield kept.con
+            except BaseException:
+                _let_go(key, yielding=False)
+                raise
             finally:
-                con.close()
-            return
-        kept.busy = True
-        try:
-            yield kept.con
-        except BaseException:
-            _let_go(key, yielding=False)
-            raise
-        finally:
-            kept.busy = False
-            kept.last_used = time.monotonic()
-        if linger <= 0:
-            _let_go(key, yielding=False)
+                kept.busy = False
+                kept.last_used = time.monotonic()
+            if linger <= 0:
+                _let_go(key, yielding=False)
 
     @contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection for reading."""
         if not self.path.exists():
             raise CxrAlError(f"no project database at {self.path} (run `cxr-al init` first)")
-        with _thread_lock(self.path), self._connection() as con:
+        with self._connection() as con:
             yield con
 
     @contextmanager
@@ -385,7 +387,7 @@ class ProjectDB:
         """A connection inside one transaction: committed on success, rolled back on any error."""
         if not self.path.exists():
             raise CxrAlError(f"no project database at {self.path} (run `cxr-al init` first)")
-        with _thread_lock(self.path), self._connection() as con:
+        with self._connection() as con:
             con.begin()
             try:
                 yield con

@@ -84,7 +84,7 @@ def test_a_lingering_process_keeps_the_file_and_gives_it_up_when_asked(database:
         holder.wait()
 
 
-def test_an_idle_lingering_process_lets_the_file_go_by_itself(database: Path, monkeypatch):
+def test_an_idle_lingering_process_lets_the_file_go_by_itself(database: Path):
     holder = _holder(database, "0.5")
     try:
         _ask(holder, 1)
