@@ -3,8 +3,9 @@
 Who is signed in is decided on every page run from the browser's session cookie, never from st.session_state:
 st.context.cookies holds the cookies of the HTTP request that opened this run's websocket, so a client that
 reconnects with a stolen Streamlit session id but without the cookie is not signed in, whatever that Streamlit
-session's state holds. The cookie is set by a small script after a right password (SameSite=Strict, Secure over
-HTTPS), then the page reloads so the new websocket carries it; a reload keeps you signed in. See
+session's state holds. After a right password the server hands the browser an HttpOnly cookie through a one-time ticket
+(ui/handoff.py; SameSite=Strict, Secure over HTTPS), then the page reloads so the new websocket carries it; a
+reload keeps you signed in. See
 active.views.sessions for the server-side record and README "Access and sessions".
 """
 
@@ -30,10 +31,12 @@ from active.views.accounts import can
 from store.config import access_policy
 from store.errors import CxrAlError
 from store.project import Project
+from ui import handoff
 
 CHECKED_KEY = "_cxr_checked"  # this run's verdict on the cookie (re-decided every run)
 ENDED_KEY = "_cxr_session_ended"  # why the last session ended, for the sign-in page
 PENDING_KEY = "_cxr_cookie_to_set"  # a new session's token, for the run that gives it to the browser
+ENDED_PARAM = "ended"  # ?ended=REASON: why the session ended, carried through handoff.FORGET_PATH
 FORGOTTEN_KEY = "_cxr_forgotten"  # the ended session whose state was dropped (the browser may still send its cookie)
 
 
@@ -105,8 +108,14 @@ def _forget(reason: str | None, token: str | None) -> None:
 
 
 def end_message() -> str | None:
-    """Why this browser's last session ended (shown once on the sign-in page)."""
+    """Why this browser's last session ended (shown once on the sign-in page): from this connection's state, or
+    from the address the cookie's removal came back to (clear_cookie)."""
     reason = st.session_state.pop(ENDED_KEY, None)
+    if ENDED_PARAM in st.query_params:
+        reason = reason or st.query_params[ENDED_PARAM]
+        del st.query_params[ENDED_PARAM]
+        if reason not in sessions.END_REASONS:  # only the fixed sentences: the address is anyone's to write
+            return None
     return None if reason is None else sessions.END_REASONS.get(reason, f"Your session ended ({reason}).")
 
 
@@ -122,18 +131,26 @@ def sign_in(user: dict[str, str]) -> None:
 
 
 def deliver_cookie() -> None:
-    """After a right password: set the session cookie in the browser (SameSite=Strict; Secure over HTTPS) and
-    reload the page, so the next connection carries it. Ends this run. Does nothing otherwise."""
+    """After a right password: give the browser the session cookie and reload the page, so the next connection
+    carries it. Ends this run; does nothing otherwise. Served by `cxr-al serve` (ui/server.py), the cookie is
+    HttpOnly, set by the server through a one-time ticket (ui/handoff.py); under a bare `streamlit run app.py`
+    (no such route) a script sets it, readable by scripts. Both: SameSite=Strict, Path=/, Secure over HTTPS."""
     token = st.session_state.pop(PENDING_KEY, None)
     if token is None:
         return
     served = project()
     max_age = access_policy(served.config)["session_max_s"]
-    cookie = f"{sessions.cookie_name(served)}={token}; Path=/; SameSite=Strict; Max-Age={max_age}"
-    st.html(f"""<script>
-        document.cookie = {json.dumps(cookie)} + (window.location.protocol === "https:" ? "; Secure" : "");
-        window.location.reload();
-        </script>""", unsafe_allow_javascript=True)
+    name = sessions.cookie_name(served)
+    if handoff.mounted():
+        ticket = handoff.issue(name, token, max_age)
+        script = f"""window.location.replace({json.dumps(handoff.HANDOFF_PATH)} + "?ticket=" +
+            {json.dumps(ticket)} + "&next=" + encodeURIComponent(window.location.pathname));"""
+    else:
+        cookie = f"{name}={token}; Path=/; SameSite=Strict; Max-Age={max_age}"
+        script = f"""document.cookie = {json.dumps(cookie)} +
+            (window.location.protocol === "https:" ? "; Secure" : "");
+            window.location.reload();"""
+    st.html(f"<script>{script}</script>", unsafe_allow_javascript=True)
     st.info("Signing in ...")
     st.stop()
 
@@ -147,13 +164,21 @@ def sign_out() -> None:
 
 
 def clear_cookie() -> None:
-    """Remove a session cookie the browser still sends although its session is over (tidiness: it opens nothing)."""
+    """Remove a session cookie the browser still sends although its session is over (tidiness: it opens nothing).
+    An HttpOnly cookie only the server can remove: the page goes through handoff.FORGET_PATH and comes back, the
+    reason the session ended kept in the address for the sign-in page."""
     served = project()
     if browser_token(served) is None:
         return
-    st.html(f"""<script>
-        document.cookie = {json.dumps(sessions.cookie_name(served) + "=; Path=/; SameSite=Strict; Max-Age=0")};
-        </script>""", unsafe_allow_javascript=True)
+    if handoff.mounted():
+        if ENDED_PARAM in st.query_params:
+            return  # back from handoff.FORGET_PATH already: never a loop of redirects
+        back = f"{ENDED_PARAM}={st.session_state.get(ENDED_KEY) or 'unknown'}"
+        script = f"""window.location.replace({json.dumps(handoff.FORGET_PATH)} + "?next=" +
+            encodeURIComponent(window.location.pathname + "?" + {json.dumps(back)}));"""
+    else:
+        script = f"document.cookie = {json.dumps(sessions.cookie_name(served) + '=; Path=/; SameSite=Strict; Max-Age=0')};"
+    st.html(f"<script>{script}</script>", unsafe_allow_javascript=True)
 
 
 def allowed(action: str, session_key: str | None = None) -> bool:

@@ -103,7 +103,12 @@ def test_a_password_change_signs_the_old_session_out(access_url, access_project,
     page.get_by_role("link", name="Label").click()
     page.get_by_text("Your password was changed").wait_for()
     page.get_by_label("Username", exact=True).wait_for()
-    page.reload()  # its cookie opens nothing any more
+    deadline = time.monotonic() + 30  # the server removes the dead HttpOnly cookie (ui/handoff.py) ...
+    while any(c["name"].startswith("cxr_al_session_") for c in page.context.cookies()):
+        assert time.monotonic() < deadline, "the ended session's cookie was not removed"
+        page.wait_for_timeout(200)
+    page.get_by_text("Your password was changed").wait_for()  # ... and the page still says why
+    page.reload()  # nothing opens the old session any more
     page.get_by_label("Username", exact=True).wait_for()
     assert page.get_by_text("Signed in as").count() == 0
 
@@ -164,6 +169,8 @@ def test_a_replayed_session_id_without_the_cookie_gets_the_sign_in_page(access_u
     assert seen.session_ids, "no session id seen in the websocket traffic"
     cookie = next(c for c in page.context.cookies() if c["name"].startswith("cxr_al_session_"))
     assert cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert cookie["httpOnly"]  # set by the server's hand-over route: no script on the page can read it
+    assert cookie["name"] not in page.evaluate("document.cookie")
 
     replayed = _raw_run(access_url, seen.session_ids[-1], page_name="export")
     assert "Username" in replayed and "Export labels" not in replayed and "lead3" not in replayed

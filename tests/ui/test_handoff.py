@@ -1,0 +1,59 @@
+"""The session cookie's hand-over route (ui/handoff.py) without a browser: a ticket is good once and briefly, the
+cookie it sets is HttpOnly and SameSite=Strict, the redirect never leaves the server, and the forget route removes
+only CXR-AL's session cookies."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from ui import handoff
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return TestClient(Starlette(routes=handoff.routes()), base_url="http://127.0.0.1", follow_redirects=False)
+
+
+def test_a_ticket_sets_an_httponly_cookie_once(client) -> None:
+    ticket = handoff.issue("cxr_al_session_abc", "the-token", 3600)
+    answer = client.get(handoff.handoff_url(ticket, "/label"))
+    assert answer.status_code == 303 and answer.headers["location"] == "/label"
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith("cxr_al_session_abc=the-token;")
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie and "Max-Age=3600" in cookie
+    assert "Secure" not in cookie  # plain HTTP on loopback; over HTTPS the cookie is Secure
+    assert answer.headers["cache-control"] == "no-store"
+    again = client.get(handoff.handoff_url(ticket, "/label"))  # replayed (history, a proxy log): nothing
+    assert again.status_code == 303 and "set-cookie" not in again.headers
+    assert "set-cookie" not in client.get(handoff.handoff_url("made-up", "/")).headers
+
+
+def test_an_expired_ticket_sets_nothing(client, monkeypatch) -> None:
+    ticket = handoff.issue("cxr_al_session_abc", "the-token", 3600)
+    now = handoff.time.monotonic()
+    monkeypatch.setattr(handoff.time, "monotonic", lambda: now + handoff.TICKET_TTL_S + 1)
+    assert "set-cookie" not in client.get(handoff.handoff_url(ticket, "/")).headers
+
+
+def test_over_https_the_cookie_is_secure() -> None:
+    https = TestClient(Starlette(routes=handoff.routes()), base_url="https://127.0.0.1", follow_redirects=False)
+    ticket = handoff.issue("cxr_al_session_abc", "the-token", 60)
+    assert "Secure" in https.get(handoff.handoff_url(ticket, "/")).headers["set-cookie"]
+
+
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/x", "/\\evil.example", "javascript:x",
+                                    "", "/ok\r\nSet-Cookie: x=1"])
+def test_the_redirect_stays_on_this_server(client, target) -> None:
+    answer = client.get(handoff.HANDOFF_PATH, params={"ticket": "x", "next": target})
+    assert answer.headers["location"] == "/"
+
+
+def test_forget_removes_only_session_cookies(client) -> None:
+    client.cookies.set("cxr_al_session_abc", "dead-token")
+    client.cookies.set("other_app", "keep")
+    answer = client.get(handoff.forget_url("/signin?ended=idle"))
+    assert answer.headers["location"] == "/signin?ended=idle"
+    removed = answer.headers.get_list("set-cookie")
+    assert len(removed) == 1 and removed[0].startswith('cxr_al_session_abc="";') and "Max-Age=0" in removed[0]

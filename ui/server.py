@@ -1,0 +1,12 @@
+"""What `cxr-al serve` runs: the Streamlit app (app.py) as an ASGI app (st.App), with the routes that give the
+browser its HttpOnly session cookie (ui/handoff.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from ui.handoff import routes
+
+app = st.App(Path(__file__).resolve().parents[1] / "app.py", routes=routes())
