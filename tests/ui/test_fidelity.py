@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,8 +14,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from browser_steps import explain_failure, screenshot, shown_image_id, sign_in
+from browser_steps import ARTIFACTS, explain_failure, screenshot, shown_image_id, sign_in
 from PIL import Image
+
+from ui.gate import REFUSED
 
 pytestmark = pytest.mark.browser
 
@@ -122,9 +125,9 @@ def _clear_cache_as_a_stranger(app_url: str) -> None:
     raise AssertionError("the server never acknowledged the heartbeat sent after clear_cache")
 
 
-def test_a_strangers_cache_clear_costs_only_recomputation(app_url, new_page, browser_project, passwords) -> None:
-    """Streamlit lets any websocket client clear the server's caches (README: what that costs). Labels and
-    sign-in sessions live in the database and each browser's own state, so the annotator labels on."""
+def test_a_strangers_cache_clear_is_refused(app_url, new_page, browser_project, passwords) -> None:
+    """Streamlit lets any websocket client clear the server's caches; `serve`'s gate (ui/gate.py) drops the request
+    of a client without a session, says so in the server log, and the annotator labels on."""
     from browser_steps import press, wait_for_other_image
 
     page = new_page()
@@ -133,7 +136,13 @@ def test_a_strangers_cache_clear_costs_only_recomputation(app_url, new_page, bro
     press(page, "1")
     second = wait_for_other_image(page, first)
     before = browser_project.db.current_labels()
+    log = ARTIFACTS / "streamlit.log"
+    refusals = log.read_text(errors="replace").count(REFUSED)
     _clear_cache_as_a_stranger(app_url)
+    deadline = time.monotonic() + 10
+    while log.read_text(errors="replace").count(REFUSED) == refusals:
+        assert time.monotonic() < deadline, "the server did not refuse the stranger's clear-cache request"
+        time.sleep(0.1)
     press(page, "2")
     wait_for_other_image(page, second)  # still signed in, the next image decoded again
     after = browser_project.db.current_labels()
