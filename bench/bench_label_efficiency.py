@@ -25,8 +25,9 @@ RESULTS = REPO / "bench" / "results"
 PHANTOM_CLASS_SHARES = {"Normal": 0.4, "Consolidation": 0.3, "GroundGlass": 0.2, "Interstitial": 0.1}
 
 
-def phantom_project(out: Path, epochs: int, seed: int = 0):
-    """A phantom pool with hidden ground truth and a test split, pretrained with SimCLR and embedded."""
+def phantom_project(out: Path, epochs: int, seed: int = 0, pretrain_with=None):
+    """A phantom pool with hidden ground truth and a test split, pretrained (SimCLR, or pretrain_with(project,
+    **options)) and embedded."""
     from active.engine.rounds import embed, latest_round, pretrain
     from store.ingest import ingest_folder
     from store.phantoms import write_phantom_dataset
@@ -49,7 +50,7 @@ def phantom_project(out: Path, epochs: int, seed: int = 0):
         ingest_folder(project.db, images, project.classes, labels_from="folders", labels_as="oracle",
                       test_fraction=0.2, seed=seed)
     if latest_round(project, "pretrain") is None:
-        pretrain(project, epochs=epochs, batch_size=64, image_size=64, seed=seed)
+        (pretrain_with or pretrain)(project, epochs=epochs, batch_size=64, image_size=64, seed=seed)
     if project.db.rounds("embed").empty:
         embed(project)
     return project
