@@ -10,11 +10,12 @@ other message passes unchanged: the sign-in page itself needs them.
 from __future__ import annotations
 
 import logging
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 import anyio
+from starlette.requests import cookie_parser
 from streamlit.proto.BackMsg_pb2 import BackMsg
+from streamlit.runtime.runtime_util import get_max_widget_state_size_bytes
 
 from active.views import sessions
 
@@ -24,18 +25,18 @@ REFUSED = "refused a clear-cache request from a websocket without a live session
 
 
 def _cookies(scope: dict[str, Any]) -> dict[str, str]:
-    jar: SimpleCookie = SimpleCookie()
+    """The websocket request's cookies, parsed as Streamlit's st.context.cookies parses them."""
+    cookies: dict[str, str] = {}
     for name, value in scope.get("headers", []):
         if name == b"cookie":
-            try:
-                jar.load(value.decode("latin-1"))
-            except CookieError:
-                continue
-    return {key: morsel.value for key, morsel in jar.items()}
+            cookies.update(cookie_parser(value.decode("latin-1")))
+    return cookies
 
 
 def _asks_to_clear_cache(data: bytes | None) -> bool:
-    if not data:
+    """Whether a binary frame is a clear-cache BackMsg. Frames larger than Streamlit accepts are not parsed here
+    (Streamlit closes the connection on them unparsed), so a client cannot make the gate parse 200 MB."""
+    if not data or len(data) > get_max_widget_state_size_bytes():
         return False
     message = BackMsg()
     try:
@@ -67,15 +68,17 @@ class CacheClearGate:
             await self.app(scope, receive, send)
             return
         cookies = _cookies(scope)
+        refused: list[bool] = []  # a missing or dead token never becomes live: refused once, then without a lookup
 
         async def gated_receive() -> dict[str, Any]:
             while True:
                 message = await receive()
                 if message.get("type") != "websocket.receive" or not _asks_to_clear_cache(message.get("bytes")):
                     return message
-                if await anyio.to_thread.run_sync(_signed_in, cookies):
-                    _LOG.info("cache cleared at a signed-in session's request")
-                    return message
-                _LOG.warning(REFUSED)
+                if not refused:
+                    if await anyio.to_thread.run_sync(_signed_in, cookies):  # live now: asked again next time
+                        return message
+                    refused.append(True)
+                    _LOG.warning(REFUSED)
 
         await self.app(scope, gated_receive, send)

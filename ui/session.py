@@ -142,9 +142,10 @@ def deliver_cookie() -> None:
     max_age = access_policy(served.config)["session_max_s"]
     name = sessions.cookie_name(served)
     if handoff.mounted():
-        ticket = handoff.issue(name, token, max_age)
+        ticket = handoff.issue(name, token, max_age, binding=st.context.cookies.get(handoff.BINDING_COOKIE))
         script = f"""window.location.replace({json.dumps(handoff.HANDOFF_PATH)} + "?ticket=" +
-            {json.dumps(ticket)} + "&next=" + encodeURIComponent(window.location.pathname));"""
+            {json.dumps(ticket)} + "&next=" + encodeURIComponent(window.location.pathname) +
+            (window.location.protocol === "https:" ? "&secure=1" : ""));"""
     else:
         cookie = f"{name}={token}; Path=/; SameSite=Strict; Max-Age={max_age}"
         script = f"""document.cookie = {json.dumps(cookie)} +
@@ -174,8 +175,10 @@ def clear_cookie() -> None:
         if ENDED_PARAM in st.query_params:
             return  # back from handoff.FORGET_PATH already: never a loop of redirects
         back = f"{ENDED_PARAM}={st.session_state.get(ENDED_KEY) or 'unknown'}"
-        script = f"""window.location.replace({json.dumps(handoff.FORGET_PATH)} + "?next=" +
-            encodeURIComponent(window.location.pathname + "?" + {json.dumps(back)}));"""
+        script = f"""window.location.replace({json.dumps(handoff.FORGET_PATH)} + "?name=" +
+            {json.dumps(sessions.cookie_name(served))} + "&next=" +
+            encodeURIComponent(window.location.pathname + "?" + {json.dumps(back)}) +
+            (window.location.protocol === "https:" ? "&secure=1" : ""));"""
     else:
         script = f"document.cookie = {json.dumps(sessions.cookie_name(served) + '=; Path=/; SameSite=Strict; Max-Age=0')};"
     st.html(f"<script>{script}</script>", unsafe_allow_javascript=True)

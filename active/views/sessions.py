@@ -36,6 +36,7 @@ END_REASONS = {
     "expired": "Your session reached its time limit; please sign in again.",
     "password changed": "Your password was changed; please sign in with the new one.",
     "account disabled": "Your account was disabled.",
+    "account removed": "Your account was removed.",
     "signed out by an admin": "An admin signed you out; please sign in again.",
     "signed in again": "You signed in again elsewhere in this browser.",
 }

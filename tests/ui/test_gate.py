@@ -72,3 +72,17 @@ def test_a_session_of_another_project_on_the_same_host_does_not_count(received, 
     token = sessions.start_session(ui_project, "alice")
     _send(client, f"{sessions.COOKIE_PREFIX}0123456789ab={token}")  # same token under another project's name
     assert kinds == ["app_heartbeat"]
+
+
+def test_on_one_connection_a_session_that_ends_loses_the_right(received, ui_project, caplog) -> None:
+    client, kinds = received
+    token = sessions.start_session(ui_project, "alice")
+    with client.websocket_connect(STREAM_PATH, headers={"cookie": f"{sessions.cookie_name(ui_project)}={token}"}) as ws:
+        for ended in (False, True, True):
+            if ended:
+                sessions.end_session(ui_project, token)  # signed out in this tab: the websocket stays open
+            ws.send_bytes(CLEAR)
+            ws.send_bytes(HEARTBEAT)
+            assert ws.receive_text() == "ack"
+    assert kinds == ["clear_cache", "app_heartbeat", "app_heartbeat", "app_heartbeat"]
+    assert caplog.text.count("refused a clear-cache request") == 1  # once per connection, not per message
