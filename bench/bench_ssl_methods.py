@@ -12,7 +12,6 @@ probe (models.probe.fit_probe, its default regularisation) on all pool labels an
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 from pathlib import Path
@@ -45,28 +44,40 @@ def evaluate(project, seeds: int, budgets: list[int]) -> dict:
     return out
 
 
+def pretrain_as(method: str, seed: int):
+    """phantom_project's pretraining step with this method and pretraining seed."""
+    from active.engine.rounds import pretrain
+
+    def run(project, **options):
+        return pretrain(project, method=method, **{**options, "seed": seed})
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phantoms", nargs="*", default=[], help="SSL methods to pretrain phantom pools with")
     parser.add_argument("--phantom-epochs", type=int, default=5)
+    parser.add_argument("--pretrain-seeds", type=int, nargs="+", default=[0], help="pretraining seeds per method")
     parser.add_argument("--project", type=Path, nargs="*", default=[])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budgets", default="40,100,200")
     parser.add_argument("--out", type=Path, default=RESULTS / "ssl_methods.json")
     args = parser.parse_args()
-    from active.engine.rounds import pretrain
     from store.project import open_project
 
     budgets = [int(b) for b in args.budgets.split(",")]
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
     for method in args.phantoms:
-        out = RESULTS / "ssl_methods" / f"phantoms-{method}"
-        start = time.perf_counter()
-        project = phantom_project(out, epochs=args.phantom_epochs, pretrain_with=functools.partial(pretrain,
-                                                                                          method=method))
-        report[f"phantoms/{method}"] = {**evaluate(project, args.seeds, budgets),
-                                        "prepare_s": round(time.perf_counter() - start, 1)}
-        print(f"phantoms {method}: {json.dumps(report[f'phantoms/{method}'])}", flush=True)
+        for seed in args.pretrain_seeds:  # the same phantom pool, pretrained from another seed
+            name = f"phantoms-{method}" + (f"-s{seed}" if seed else "")
+            start = time.perf_counter()
+            project = phantom_project(RESULTS / "ssl_methods" / name, epochs=args.phantom_epochs,
+                                      pretrain_with=pretrain_as(method, seed))
+            key = f"phantoms/{method}" + (f"/seed{seed}" if seed else "")
+            report[key] = {**evaluate(project, args.seeds, budgets), "pretrain_seed": seed,
+                           "prepare_s": round(time.perf_counter() - start, 1)}
+            print(f"{key}: {json.dumps(report[key])}", flush=True)
     for path in args.project:
         report[str(path)] = evaluate(open_project(path), args.seeds, budgets)
         print(f"{path}: {json.dumps(report[str(path)])}", flush=True)
