@@ -22,14 +22,12 @@ from typing import Any
 
 from active.engine.jobs import die_with_parent
 from store.config import oidc_sign_in
-from store.db import LINGER_ENV
 from store.errors import CxrAlError
 from store.project import Project, open_project
 
 APP_PATH = Path(__file__).resolve().parents[2] / "app.py"
 SERVER_PATH = APP_PATH.parent / "ui" / "server.py"  # app.py as an ASGI app, with the session cookie's route
 PROJECT_ENV = "CXR_AL_PROJECT"
-SERVE_LINGER_S = "10"  # the app server keeps its database connection this long after a key press (store.db)
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -171,8 +169,7 @@ def start_server(project_dir: Path | str, *, port: int = 8501, host: str = "127.
         raise CxrAlError(f"--port must be between 1 and 65535, got {port}")
     if not port_is_free(host, int(port)):
         raise CxrAlError(f"port {port} on {host} is already in use; choose another with --port")
-    env = {LINGER_ENV: SERVE_LINGER_S, **os.environ, PROJECT_ENV: str(project.root.resolve()),
-           "OMP_WAIT_POLICY": "PASSIVE"}  # CXR_AL_DB_LINGER_S=0 in the environment turns the lingering off
+    env = {**os.environ, PROJECT_ENV: str(project.root.resolve()), "OMP_WAIT_POLICY": "PASSIVE"}
     out = open(log, "ab") if log is not None else None  # noqa: SIM115  (the child keeps it open)
     try:
         return subprocess.Popen(server_command(int(port), host, tls, secrets_path(project.root)),

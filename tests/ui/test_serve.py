@@ -198,25 +198,3 @@ def test_insecure_http_is_accepted_with_a_warning(capsys) -> None:
                                                 ("10.0.0.4", False), ("example.org", False)])
 def test_loopback_addresses(host, loopback) -> None:
     assert is_loopback(host) is loopback
-
-
-@pytest.mark.parametrize(("given", "expected"), [(None, "10"), ("0", "0")])
-def test_the_app_server_keeps_its_database_connection_unless_told_not_to(ui_project, monkeypatch, given,
-                                                                         expected) -> None:
-    from active.delivery import serve
-    from store.db import LINGER_ENV
-
-    started: list[dict] = []
-
-    class FakePopen:
-        def __init__(self, command, **kwargs) -> None:
-            started.append(kwargs["env"])
-
-    monkeypatch.setattr(serve.subprocess, "Popen", FakePopen)
-    if given is None:
-        monkeypatch.delenv(LINGER_ENV, raising=False)
-    else:
-        monkeypatch.setenv(LINGER_ENV, given)
-    serve.start_server(ui_project.root, port=free_port())
-    assert started[0][LINGER_ENV] == expected
-    assert started[0][serve.PROJECT_ENV] == str(ui_project.root.resolve())
