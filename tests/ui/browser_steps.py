@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import re
+import time
+import weakref
 from pathlib import Path
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
 
 IMAGE_ID = re.compile(r"Image (\d+) ·")
+_EVENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # page -> what its browser saw (for failures)
+
+
+def record_events(page) -> None:
+    """Keep what a failure report needs from the browser side: console messages, navigations, key presses and the
+    websocket's life (a reconnect disables Streamlit's widgets and their keyboard shortcuts for a moment)."""
+    events: list[str] = []
+    _EVENTS[page] = events
+
+    def note(text: str) -> None:
+        events.append(f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} {text}")
+        del events[:-60]
+
+    page.on("console", lambda m: note(f"console {m.type}: {m.text[:300]}"))
+    page.on("framenavigated", lambda f: f.parent_frame is None and note(f"navigated to {f.url}"))
+    page.on("websocket", lambda ws: (note(f"websocket open {ws.url}"),
+                                     ws.on("close", lambda _: note(f"websocket closed {ws.url}"))))
+    page.on("pageerror", lambda e: note(f"page error: {e}"))
+    page._cxr_note = note  # press() notes each key it sends
 
 
 def sign_in(page, url: str, name: str, password: str) -> None:
@@ -42,7 +63,9 @@ def explain_failure(page, what: str) -> AssertionError:
         screenshot(page, f"failure-{re.sub(r'[^a-z0-9]+', '-', what.lower())[:40]}")
     except Exception:  # noqa: BLE001
         pass
-    return AssertionError(f"{what}\n--- page text ---\n{text[-3000:]}\n--- server log tail ---\n{tail}")
+    seen = "\n".join(_EVENTS.get(page, [])) or "(not recorded)"
+    return AssertionError(f"{what}\n--- page text ---\n{text[-3000:]}\n--- server log tail ---\n{tail}"
+                          f"\n--- browser events ---\n{seen}")
 
 
 def shown_image_id(page) -> int:
@@ -94,6 +117,8 @@ def wait_for_other_image(page, old_id: int, timeout_ms: int = 120_000) -> int:
 def press(page, key: str) -> None:
     """A key press with nothing focused (as an annotator's hands on the keyboard)."""
     page.evaluate("document.activeElement && document.activeElement.blur()")
+    if hasattr(page, "_cxr_note"):
+        page._cxr_note(f"press {key}")
     page.keyboard.press(key)
 
 

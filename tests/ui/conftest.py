@@ -140,7 +140,11 @@ def new_page(browser):
         context = browser.new_context(viewport={"width": 1400, "height": 950}, accept_downloads=True)
         context.set_default_timeout(20_000)
         contexts.append(context)
-        return context.new_page()
+        page = context.new_page()
+        from browser_steps import record_events
+
+        record_events(page)
+        return page
 
     yield make
     for context in contexts:
