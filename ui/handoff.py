@@ -23,7 +23,6 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import urlencode
 
 from active.views.sessions import COOKIE_PREFIX  # the only cookies FORGET_PATH touches
 
@@ -88,19 +87,11 @@ def safe_next(path: str | None) -> str:
     return path
 
 
-def handoff_url(ticket: str, next_path: str) -> str:
-    return f"{HANDOFF_PATH}?{urlencode({'ticket': ticket, 'next': safe_next(next_path)})}"
-
-
-def forget_url(cookie: str, next_path: str) -> str:
-    return f"{FORGET_PATH}?{urlencode({'name': cookie, 'next': safe_next(next_path)})}"
-
-
 # ----------------------------------------------------------------------------- the routes (Starlette, in ui/server.py)
-def _redirect(request, status: int = 303):
+def _redirect(request):
     from starlette.responses import RedirectResponse
 
-    response = RedirectResponse(safe_next(request.query_params.get("next")), status_code=status)
+    response = RedirectResponse(safe_next(request.query_params.get("next")), status_code=303)
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response

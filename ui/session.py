@@ -37,6 +37,7 @@ CHECKED_KEY = "_cxr_checked"  # this run's verdict on the cookie (re-decided eve
 ENDED_KEY = "_cxr_session_ended"  # why the last session ended, for the sign-in page
 PENDING_KEY = "_cxr_cookie_to_set"  # a new session's token, for the run that gives it to the browser
 ENDED_PARAM = "ended"  # ?ended=REASON: why the session ended, carried through handoff.FORGET_PATH
+SECURE_JS = '(window.location.protocol === "https:" ? "&secure=1" : "")'  # handoff routes: the address is HTTPS
 FORGOTTEN_KEY = "_cxr_forgotten"  # the ended session whose state was dropped (the browser may still send its cookie)
 
 
@@ -144,8 +145,7 @@ def deliver_cookie() -> None:
     if handoff.mounted():
         ticket = handoff.issue(name, token, max_age, binding=st.context.cookies.get(handoff.BINDING_COOKIE))
         script = f"""window.location.replace({json.dumps(handoff.HANDOFF_PATH)} + "?ticket=" +
-            {json.dumps(ticket)} + "&next=" + encodeURIComponent(window.location.pathname) +
-            (window.location.protocol === "https:" ? "&secure=1" : ""));"""
+            {json.dumps(ticket)} + "&next=" + encodeURIComponent(window.location.pathname) + {SECURE_JS});"""
     else:
         cookie = f"{name}={token}; Path=/; SameSite=Strict; Max-Age={max_age}"
         script = f"""document.cookie = {json.dumps(cookie)} +
@@ -177,8 +177,7 @@ def clear_cookie() -> None:
         back = f"{ENDED_PARAM}={st.session_state.get(ENDED_KEY) or 'unknown'}"
         script = f"""window.location.replace({json.dumps(handoff.FORGET_PATH)} + "?name=" +
             {json.dumps(sessions.cookie_name(served))} + "&next=" +
-            encodeURIComponent(window.location.pathname + "?" + {json.dumps(back)}) +
-            (window.location.protocol === "https:" ? "&secure=1" : ""));"""
+            encodeURIComponent(window.location.pathname + "?" + {json.dumps(back)}) + {SECURE_JS});"""
     else:
         script = f"document.cookie = {json.dumps(sessions.cookie_name(served) + '=; Path=/; SameSite=Strict; Max-Age=0')};"
     st.html(f"<script>{script}</script>", unsafe_allow_javascript=True)

@@ -13,22 +13,27 @@ IMAGE_ID = re.compile(r"Image (\d+) ·")
 _EVENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # page -> what its browser saw (for failures)
 
 
+def _note(page, text: str) -> None:
+    """Add to what page's browser saw, when record_events watches it (the last 60 events are kept)."""
+    events = _EVENTS.get(page)
+    if events is not None:
+        events.append(f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} {text}")
+        del events[:-60]
+
+
 def record_events(page) -> None:
     """Keep what a failure report needs from the browser side: console messages, navigations, key presses and the
     websocket's life (a reconnect disables Streamlit's widgets and their keyboard shortcuts for a moment)."""
-    events: list[str] = []
-    _EVENTS[page] = events
+    _EVENTS[page] = []
 
     def note(text: str) -> None:
-        events.append(f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} {text}")
-        del events[:-60]
+        _note(page, text)
 
     page.on("console", lambda m: note(f"console {m.type}: {m.text[:300]}"))
     page.on("framenavigated", lambda f: f.parent_frame is None and note(f"navigated to {f.url}"))
     page.on("websocket", lambda ws: (note(f"websocket open {ws.url}"),
                                      ws.on("close", lambda _: note(f"websocket closed {ws.url}"))))
     page.on("pageerror", lambda e: note(f"page error: {e}"))
-    page._cxr_note = note  # press() notes each key it sends
 
 
 def sign_in(page, url: str, name: str, password: str) -> None:
@@ -117,8 +122,7 @@ def wait_for_other_image(page, old_id: int, timeout_ms: int = 120_000) -> int:
 def press(page, key: str) -> None:
     """A key press with nothing focused (as an annotator's hands on the keyboard)."""
     page.evaluate("document.activeElement && document.activeElement.blur()")
-    if hasattr(page, "_cxr_note"):
-        page._cxr_note(f"press {key}")
+    _note(page, f"press {key}")
     page.keyboard.press(key)
 
 
