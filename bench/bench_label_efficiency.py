@@ -8,6 +8,10 @@ rarest, SimCLR pretraining). Per dataset it runs the oracle simulation (probe ro
 to 400) and reports, per strategy: labels to 90/95/98% of the all-label metric (mean curve), AULC with a 95%
 t-interval over seeds, auto's ratios to random, and every budget where auto's mean curve falls below
 random's band (mean - 1 sd over seeds). Full numbers: bench/results/label_efficiency/<dataset>/.
+
+--variant V reads bench/results/<dataset>-V/project instead (phantoms: bench/results/phantoms-pool-V/project, which
+must exist), e.g. a copy of a project re-embedded with another `embedding` in its project.yaml; results go to
+bench/results/label_efficiency/<dataset>-V/.
 """
 
 from __future__ import annotations
@@ -121,6 +125,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=400)
     parser.add_argument("--metric", default="macro_auc")
     parser.add_argument("--phantom-epochs", type=int, default=5)
+    parser.add_argument("--variant", default="e10", help="project folder suffix (see above)")
     parser.add_argument("--strategies", default="random,auto,entropy,margin,least-confidence,bald,coreset,"
                                                  "typiclust,probcover,badge,hybrid")
     args = parser.parse_args()
@@ -132,12 +137,14 @@ def main() -> None:
 
     all_results = {"machine": machine(), "args": vars(args)}
     for dataset in args.dataset:
-        out = RESULTS / "label_efficiency" / dataset
+        default = args.variant == "e10"
+        out = RESULTS / "label_efficiency" / (dataset if default else f"{dataset}-{args.variant}")
         out.mkdir(parents=True, exist_ok=True)
-        if dataset == "phantoms":
+        if dataset == "phantoms" and default:
             project = phantom_project(RESULTS / "phantoms-pool", args.phantom_epochs)
         else:
-            path = RESULTS / f"{dataset}-e10" / "project"
+            path = RESULTS / (f"phantoms-pool-{args.variant}" if dataset == "phantoms" else
+                              f"{dataset}-{args.variant}") / "project"
             if not path.exists():
                 raise SystemExit(f"{path} missing: run bench/bench_real_data.py --dataset {dataset} --epochs 10 "
                                  f"--image-size 128 --out bench/results/{dataset}-e10 first")
@@ -160,7 +167,7 @@ def main() -> None:
         if "auto_vs_random" in result:
             print("auto vs random:", json.dumps(result["auto_vs_random"]))
             print("auto's batches:", json.dumps(result.get("auto_batches", {})))
-    (RESULTS / "label_efficiency" / "all.json").write_text(json.dumps(all_results, indent=2, default=str))
+    (RESULTS / "label_efficiency" / ("all.json" if args.variant == "e10" else f"all-{args.variant}.json")).write_text(json.dumps(all_results, indent=2, default=str))
 
 
 if __name__ == "__main__":

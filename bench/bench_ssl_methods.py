@@ -70,11 +70,13 @@ def main() -> None:
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
     for method in args.phantoms:
         for seed in args.pretrain_seeds:  # the same phantom pool, pretrained from another seed
-            name = f"phantoms-{method}" + (f"-s{seed}" if seed else "")
+            tail = (f"-e{args.phantom_epochs}" if args.phantom_epochs != 5 else "") + (f"-s{seed}" if seed else "")
+            name = f"phantoms-{method}{tail}"
             start = time.perf_counter()
             project = phantom_project(RESULTS / "ssl_methods" / name, epochs=args.phantom_epochs,
                                       pretrain_with=pretrain_as(method, seed))
-            key = f"phantoms/{method}" + (f"/seed{seed}" if seed else "")
+            key = (f"phantoms/{method}" + (f"/e{args.phantom_epochs}" if args.phantom_epochs != 5 else "")
+                   + (f"/seed{seed}" if seed else ""))
             report[key] = {**evaluate(project, args.seeds, budgets), "pretrain_seed": seed,
                            "prepare_s": round(time.perf_counter() - start, 1)}
             print(f"{key}: {json.dumps(report[key])}", flush=True)

@@ -17,6 +17,13 @@ BACKBONES = {
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V2, 2048),
     "densenet121": (torchvision.models.densenet121, torchvision.models.DenseNet121_Weights.IMAGENET1K_V1, 1024),
 }
+# the earlier blocks whose pooled features a "multiscale" embedding joins to the last one: (module path, channels)
+EARLY_BLOCKS = {
+    "resnet18": (("layer2", 128), ("layer3", 256)),
+    "resnet50": (("layer2", 512), ("layer3", 1024)),
+    "densenet121": (("features.denseblock2", 512), ("features.denseblock3", 1024)),
+}
+EMBEDDINGS = ("multiscale", "last")  # the pooled blocks an embedding is made of (models.embed)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -42,11 +49,56 @@ class GreyBackbone(nn.Module):
         x = (x - self.mean) / self.std
         return self.trunk(x)
 
+    def embedding_dim(self, embedding: str = "last") -> int:
+        """Length of an embedding: the last block's features, or ("multiscale") those of EARLY_BLOCKS joined."""
+        if embedding not in EMBEDDINGS:
+            raise CxrAlError(f"unknown embedding {embedding!r}; choose from {', '.join(EMBEDDINGS)}")
+        extra = sum(ch for _, ch in EARLY_BLOCKS[self.name]) if embedding == "multiscale" else 0
+        return self.feature_dim + extra
+
+    def embedding(self, x: torch.Tensor, embedding: str = "last") -> torch.Tensor:
+        """(B, embedding_dim) unit vectors: the pooled last block, or ("multiscale") the average-pooled outputs of
+        EARLY_BLOCKS and the last block, each L2-normalised, joined and normalised again (every block weighs the
+        same in a cosine). A short SSL schedule leaves much of what separates findings in the middle blocks
+        (docs/benchmarks.md, "Embedding: pooled blocks")."""
+        if self.embedding_dim(embedding) == self.feature_dim:
+            return nn.functional.normalize(self(x).float(), dim=1)
+        pooled: list[torch.Tensor] = []
+        modules = [self.trunk.get_submodule(path) for path, _ in EARLY_BLOCKS[self.name]]
+        hooks = [m.register_forward_hook(lambda _m, _i, out: pooled.append(out.float().mean(dim=(2, 3))))
+                 for m in modules]
+        try:
+            last = self(x).float()
+        finally:
+            for hook in hooks:
+                hook.remove()
+        parts = [nn.functional.normalize(v, dim=1) for v in (*pooled, last)]
+        return nn.functional.normalize(torch.cat(parts, dim=1), dim=1)
+
     def cam_target_layer(self) -> nn.Module:
         """The last convolutional block: where Grad-CAM++ looks."""
         if self.name.startswith("resnet"):
             return self.trunk.layer4[-1]
         return self.trunk.features.denseblock4
+
+
+class EmbeddingNet(nn.Module):
+    """A backbone as the embedding it gives (GreyBackbone.embedding): what a probe round's head is applied to, so
+    nn.Sequential(EmbeddingNet(backbone, kind), probe head) maps images to the probe's logits."""
+
+    def __init__(self, backbone: GreyBackbone, embedding: str = "last"):
+        super().__init__()
+        backbone.embedding_dim(embedding)  # refuses an unknown kind here, not at the first image
+        self.backbone = backbone
+        self.kind = embedding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.embedding(x, self.kind)
+
+    def cam_target_layers(self) -> list[nn.Module]:
+        """Every block the embedding pools (Grad-CAM++ averages their maps): the decision depends on all of them."""
+        early = EARLY_BLOCKS[self.backbone.name] if self.kind == "multiscale" else ()
+        return [*(self.backbone.trunk.get_submodule(path) for path, _ in early), self.backbone.cam_target_layer()]
 
 
 def _strip_head(name: str, model: nn.Module) -> nn.Module:

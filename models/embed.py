@@ -59,11 +59,12 @@ def _deterministic_cudnn(device: torch.device) -> Iterator[None]:
 
 def embed_images(model: GreyBackbone, paths: Sequence[str | Path], *, image_size: int = DEFAULT_IMAGE_SIZE,
                  batch_size: int = 64, device: str | torch.device = "auto", progress: bool = True,
-                 num_workers: int | None = None) -> np.ndarray:
+                 num_workers: int | None = None, embedding: str = "last") -> np.ndarray:
     """Embed image files with an already-loaded backbone (moved to the device): L2-normalised float32
-    (N, D), in `paths` order."""
+    (N, D), in `paths` order. `embedding`: the pooled last block ("last") or several blocks joined
+    ("multiscale", GreyBackbone.embedding)."""
     dev = resolve_device(device)
-    dim = int(model.feature_dim)
+    dim = int(model.embedding_dim(embedding))
     if len(paths) == 0:
         return np.zeros((0, dim), dtype=np.float32)
     if batch_size < 1:
@@ -84,7 +85,7 @@ def embed_images(model: GreyBackbone, paths: Sequence[str | Path], *, image_size
                 x = x.to(dev, non_blocking=True)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                features = torch.nn.functional.normalize(model(x).float(), dim=1)
+                features = model.embedding(x, embedding)
                 out[row:row + len(features)] = features.cpu().numpy()
                 row += len(features)
     finally:
@@ -95,7 +96,7 @@ def embed_images(model: GreyBackbone, paths: Sequence[str | Path], *, image_size
 def embed_paths(checkpoint: Path | str | None, paths: Sequence[str | Path], *, backbone: str = "resnet18",
                 init: str | Path = "random", image_size: int | None = None, batch_size: int = 64,
                 device: str = "auto", progress: bool = True, num_workers: int | None = None,
-                allow_download: bool = False, seed: int = 0) -> np.ndarray:
+                allow_download: bool = False, seed: int = 0, embedding: str = "last") -> np.ndarray:
     """Embed image files with a CXR-AL checkpoint (its own backbone and image size) or, without one,
     a fresh `backbone` built from `init` (random weights drawn from `seed`): L2-normalised float32 (N, D)."""
     if checkpoint is not None:
@@ -107,4 +108,4 @@ def embed_paths(checkpoint: Path | str | None, paths: Sequence[str | Path], *, b
             model = build_backbone(backbone, init, allow_download=allow_download)
         size = image_size or DEFAULT_IMAGE_SIZE
     return embed_images(model, paths, image_size=size, batch_size=batch_size, device=device,
-                        progress=progress, num_workers=num_workers)
+                        progress=progress, num_workers=num_workers, embedding=embedding)

@@ -1,7 +1,9 @@
 """Grad-CAM++ heatmaps (pytorch-grad-cam) of a classifier's decision, their overlays, and the pointing game.
 
-Works on a fine-tuned `Classifier` and on probe rounds (nn.Sequential(backbone,
-probe.to_torch_head())): the target layer is the GreyBackbone's last convolutional block.
+Works on a fine-tuned `Classifier` and on probe rounds (nn.Sequential(EmbeddingNet(backbone, kind),
+probe.to_torch_head())): the target layer is the GreyBackbone's last convolutional block, and for a probe on a
+"multiscale" embedding every block the embedding pools (pytorch-grad-cam averages their maps, each scaled to
+[0, 1], at the input's size).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from scipy.ndimage import distance_transform_edt
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.backbones import GreyBackbone
+from models.backbones import EmbeddingNet, GreyBackbone
 from models.data import GreyImageDataset
 
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO}
@@ -37,13 +39,16 @@ class Explanations:
     probs: np.ndarray  # (B, C) float32 softmax of the model's logits
 
 
-def cam_target_layer(model: nn.Module) -> nn.Module:
-    """The layer Grad-CAM++ hooks: model.cam_target_layer() if it has one, else that of its GreyBackbone."""
+def cam_target_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers Grad-CAM++ hooks: model.cam_target_layer() if it has one, else those of the EmbeddingNet or
+    GreyBackbone it holds (an EmbeddingNet's come first: it holds a GreyBackbone itself)."""
     if hasattr(model, "cam_target_layer"):
-        return model.cam_target_layer()
+        return [model.cam_target_layer()]
     for module in model.modules():
+        if isinstance(module, EmbeddingNet):
+            return module.cam_target_layers()
         if isinstance(module, GreyBackbone):
-            return module.cam_target_layer()
+            return [module.cam_target_layer()]
     raise TypeError("explain needs a model containing a GreyBackbone (a Classifier or backbone + head)")
 
 
@@ -72,7 +77,7 @@ def explain_batch(model: nn.Module, images: torch.Tensor | Sequence[str | Path],
         model = model.to(device)  # pytorch-grad-cam moves the inputs to the model's device
     heatmaps, classes, probs = [], [], []
     # not `with GradCAMPlusPlus(...)`: its __exit__ swallows IndexError (e.g. a class index out of range)
-    cam = GradCAMPlusPlus(model=model, target_layers=[cam_target_layer(model)])  # sets eval mode
+    cam = GradCAMPlusPlus(model=model, target_layers=cam_target_layers(model))  # sets eval mode
     try:
         for start in tqdm(range(0, n, batch_size), desc="grad-cam++", disable=not progress, leave=False):
             x = x_all[start:start + batch_size].clone().requires_grad_(True)  # grads flow even if frozen

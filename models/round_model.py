@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from models.backbones import load_checkpoint
+from models.backbones import EmbeddingNet, load_checkpoint
 from models.probe import ProbeHead
 from store.errors import CxrAlError
 
@@ -21,7 +21,8 @@ def load_round_model(path: str | Path) -> tuple[nn.Module, dict]:
         weight = meta["head"]["linear.weight"]
         head = ProbeHead(np.zeros(tuple(weight.shape)), np.zeros(weight.shape[0]))
         head.load_state_dict(meta["head"])
-        return nn.Sequential(backbone, head).eval(), meta
+        # the probe saw the embedding its round's vectors were made with (checkpoints before the key: "last")
+        return nn.Sequential(EmbeddingNet(backbone, meta.get("embedding", "last")), head).eval(), meta
     from models.finetune import load_classifier
 
     return load_classifier(path)

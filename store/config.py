@@ -110,6 +110,8 @@ class ProjectConfig(BaseModel):
     positive_class: Annotated[str, Field(strict=True)] | None = Field(default=None, validate_default=True)
     image_size: int = _int(224, 16, 1024)
     backbone: Literal["resnet18", "resnet50", "densenet121"] = "resnet18"
+    # models.backbones.EMBEDDINGS; missing: "last", what projects made before the key were embedded with
+    embedding: Literal["multiscale", "last"] = "last"
     round_policy: RoundPolicy = Field(default_factory=RoundPolicy)
     double_read_fraction: float = Field(default=0.0, strict=True, ge=0.0, le=1.0)
     access: AccessPolicy = Field(default_factory=AccessPolicy)

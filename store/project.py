@@ -29,6 +29,10 @@ DEFAULT_ROUND_POLICY = {
     "random_share": 0.2,  # share of each `auto` batch drawn at random (measures whether active picks pay off)
 }
 
+# the embedding new projects get (models.backbones.GreyBackbone.embedding): pooled middle and last blocks joined.
+# A project.yaml without the key keeps "last" (the pooled last block), what it was embedded with before.
+DEFAULT_EMBEDDING = "multiscale"
+
 _CLASS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,63}$")
 
 
@@ -114,7 +118,8 @@ def write_config(path: Path, config: dict[str, Any]) -> None:
 
 
 def init_project(root: Path | str, classes: list[str], *, image_size: int = 224, backbone: str = "resnet18",
-                 positive_class: str | None = None, name: str | None = None) -> Project:
+                 positive_class: str | None = None, name: str | None = None,
+                 embedding: str = DEFAULT_EMBEDDING) -> Project:
     """Create PROJECT_DIR with an empty database and its config; refuses to overwrite a project."""
     # imported here, not at the top: store.config imports this module
     from store.config import validate_config
@@ -137,6 +142,7 @@ def init_project(root: Path | str, classes: list[str], *, image_size: int = 224,
         "positive_class": positive_class or default_positive_class(classes),
         "image_size": int(image_size),
         "backbone": backbone,
+        "embedding": embedding,
         "round_policy": dict(DEFAULT_ROUND_POLICY),
         "double_read_fraction": 0.0,
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -80,7 +80,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     from active.engine.project import create_project
 
     project = create_project(args.project_dir, args.classes, image_size=args.image_size, backbone=args.backbone,
-                             positive_class=args.positive_class)
+                             positive_class=args.positive_class,
+                             **({"embedding": args.embedding} if args.embedding else {}))
     print(f"created project {project.root} with classes: {', '.join(project.classes)} "
           f"(positive class {project.config['positive_class']})")
     return 0
@@ -534,6 +535,7 @@ class RegistryChoices(Sequence[str]):
 
 
 BACKBONE_CHOICES = RegistryChoices("models.backbones", "BACKBONES")
+EMBEDDING_CHOICES = RegistryChoices("models.backbones", "EMBEDDINGS")
 SSL_METHOD_CHOICES = RegistryChoices("models.augment", "SSL_METHODS")  # = models.ssl.MODULES, without importing it
 AUGMENT_CHOICES = RegistryChoices("models.augment", "AUGMENT_PRESETS")
 EXPORT_FORMAT_CHOICES = RegistryChoices("store.export", "FORMATS")
@@ -656,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224, help="model input size in pixels (default 224)")
     _add_choice(p, "--backbone", BACKBONE_CHOICES, "BACKBONE", default="resnet18", help_text="default resnet18")
     p.add_argument("--positive-class", default=None, help="class of interest for sensitivity/specificity/HM")
+    _add_choice(p, "--embedding", EMBEDDING_CHOICES, "EMBEDDING", default=None,
+                help_text="the backbone's pooled blocks that make an image's embedding; default multiscale (middle "
+                          "and last blocks joined), last: the last block only")
 
     p = add("ingest", cmd_ingest, "Add a folder of images (PNG, JPEG, BMP, TIFF, DICOM), or the radiographs of a "
                                   "PACS over DICOMweb (--dicomweb), to a project.")

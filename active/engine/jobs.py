@@ -113,6 +113,7 @@ class EmbedJob(JobSpec):
     batch_size: int = 64
     device: str = "auto"
     allow_download: bool = False
+    embedding: str = "last"  # models.backbones.EMBEDDINGS
 
     def run(self, out: Path) -> dict[str, Any]:
         from models.embed import embed_paths
@@ -120,7 +121,7 @@ class EmbedJob(JobSpec):
         start = time.perf_counter()
         vectors = embed_paths(self.checkpoint, list(self.paths), backbone=self.backbone, init=self.init,
                               image_size=self.image_size, batch_size=self.batch_size, device=self.device,
-                              progress=self.progress, allow_download=self.allow_download)
+                              progress=self.progress, allow_download=self.allow_download, embedding=self.embedding)
         seconds = time.perf_counter() - start
         np.save(out / "vectors.npy", vectors.astype(np.float32))
         return {"vectors": str(out / "vectors.npy"), "count": int(len(vectors)), "dim": int(vectors.shape[1]),
@@ -158,6 +159,7 @@ class TrainJob(JobSpec):
     n_bootstrap: int = 1000
     mc_samples: int = MC_SAMPLES  # 0: write no probability samples
     dropout: float = FINETUNE_DROPOUT  # finetune: dropout before the head (0: no MC-dropout samples)
+    embedding: str = "last"  # probe: what `vectors` were embedded as (models.backbones.EMBEDDINGS), for explain
 
     def __post_init__(self) -> None:
         if self.mode not in TRAIN_MODES:
@@ -189,7 +191,7 @@ class TrainJob(JobSpec):
 
                 backbone, meta = load_checkpoint(self.checkpoint)
                 save_checkpoint(out / "classifier.pt", backbone, head=probe.to_torch_head().state_dict(),
-                                head_kind="probe", classes=classes,
+                                head_kind="probe", embedding=self.embedding, classes=classes,
                                 image_size=meta.get("image_size", self.image_size))
                 extra["checkpoint"] = str(out / "classifier.pt")
         else:

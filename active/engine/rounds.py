@@ -234,7 +234,10 @@ def embed(project: Project, *, checkpoint: str | None = None, init: str | None =
                              "or --init random|imagenet to embed with an un-pretrained backbone")
         checkpoint = run["checkpoint"]
     backbone = project.config.get("backbone", "resnet18")
+    embedding = project.config.get("embedding", "last")
     tag = _file_tag(checkpoint, f"init:{init}:{backbone}")
+    if embedding != "last":  # vectors of another recipe are never mixed with these (tags of "last" as before)
+        tag += f"|{embedding}"
     images = project.db.images()
     path = project.artifacts / EMBEDDINGS_NAME
     old_ids = np.zeros(0, dtype=np.int64)
@@ -243,10 +246,10 @@ def embed(project: Project, *, checkpoint: str | None = None, init: str | None =
         if old_tag != tag:
             old_ids = np.zeros(0, dtype=np.int64)  # a new backbone: embed everything again
     todo = images[~images["id"].isin(old_ids)]
-    params = {"checkpoint": checkpoint, "init": init, "tag": tag, "new": int(len(todo))}
+    params = {"checkpoint": checkpoint, "init": init, "tag": tag, "embedding": embedding, "new": int(len(todo))}
     spec = EmbedJob(paths=tuple(todo["path"]), checkpoint=checkpoint, backbone=backbone, init=init or "random",
                     image_size=None if checkpoint else int(project.config["image_size"]), batch_size=batch_size,
-                    device=device, progress=progress, allow_download=allow_download)
+                    device=device, progress=progress, allow_download=allow_download, embedding=embedding)
 
     def record(round_id: int, result: dict[str, Any]) -> None:
         vectors = np.load(result["vectors"]) if len(todo) else np.zeros((0, 1), np.float32)
@@ -318,7 +321,8 @@ def train(project: Project, *, mode: str | None = None, epochs: int | None = Non
         checkpoint=pretrain_run["checkpoint"] if pretrain_run else None,
         backbone=project.config.get("backbone", "resnet18"), init="random",
         image_size=int(project.config["image_size"]), epochs=int(epochs or policy["epochs"]), batch_size=batch_size,
-        device=device, seed=seed, progress=progress, n_bootstrap=n_bootstrap)
+        device=device, seed=seed, progress=progress, n_bootstrap=n_bootstrap,
+        embedding=project.config.get("embedding", "last"))  # embed() above just made the vectors so
     params = {"mode": mode, "n_train": len(train_rows), "n_test": len(test_rows), "epochs": spec.epochs}
 
     def record(round_id: int, result: dict[str, Any]) -> None:

@@ -66,6 +66,23 @@ def test_embed_images_keeps_the_models_mode_and_handles_no_paths(images):
     assert out.shape == (2, 512) and model.training
 
 
+def test_multiscale_joins_pooled_blocks_each_weighing_the_same(images, checkpoint):
+    multi = embed_paths(checkpoint, images, progress=False, device="cpu", embedding="multiscale")
+    last = embed_paths(checkpoint, images, progress=False, device="cpu")
+    assert multi.shape == (len(images), 128 + 256 + 512)
+    np.testing.assert_allclose(np.linalg.norm(multi, axis=1), 1.0, atol=1e-5)
+    for block in (multi[:, :128], multi[:, 128:384], multi[:, 384:]):  # layer2, layer3, layer4: 1/3 of the norm each
+        np.testing.assert_allclose(np.linalg.norm(block, axis=1) ** 2, 1 / 3, atol=1e-5)
+    np.testing.assert_allclose(multi[:, 384:] * np.sqrt(3), last, atol=1e-5)
+    one_batch = embed_paths(checkpoint, images, batch_size=len(images), progress=False, device="cpu",
+                            embedding="multiscale")
+    np.testing.assert_allclose(one_batch, multi, atol=1e-5)  # the hooks leave nothing behind between batches
+    model = build_backbone("resnet18")
+    assert not any(m._forward_hooks for m in model.modules())
+    with pytest.raises(CxrAlError, match="unknown embedding 'middle'"):
+        embed_images(model, images, image_size=32, progress=False, device="cpu", embedding="middle")
+
+
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_unreadable_image_is_a_user_error_naming_the_file(images, tmp_path, num_workers):
     broken = tmp_path / "broken.png"

@@ -12,10 +12,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models.backbones import build_backbone
+from models.backbones import EmbeddingNet, build_backbone, save_checkpoint
 from models.finetune import Classifier, finetune
-from models.gradcam import explain, explain_batch, heatmap_peak, overlay_png, pointing_game
+from models.gradcam import (
+    cam_target_layers,
+    explain,
+    explain_batch,
+    heatmap_peak,
+    overlay_png,
+    pointing_game,
+)
 from models.probe import fit_probe
+from models.round_model import load_round_model
+from store.errors import CxrAlError
 from store.phantoms import iter_phantoms, render_phantom
 
 
@@ -77,6 +86,34 @@ def test_frozen_backbone_with_probe_head(phantom_batch):
     assert out.heatmaps.shape == (6, 64, 64)
     assert out.heatmaps.max() > 0.99  # gradients reached the frozen layer through the input
     np.testing.assert_allclose(out.probs, probe.predict_proba(feats), atol=1e-5)
+
+
+def test_probe_on_a_multiscale_embedding_explains_through_every_pooled_block(phantom_batch, tmp_path):
+    """A probe round on "multiscale" vectors: its saved model maps images to the probe's own probabilities, and
+    Grad-CAM++ hooks layer2, layer3 and layer4 (the decision depends on all three), releasing them after."""
+    x, _ = phantom_batch
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18").eval()
+    embedder = EmbeddingNet(backbone, "multiscale")
+    with torch.no_grad():
+        feats = embedder(x).numpy()
+    assert feats.shape == (6, 896)
+    probe = fit_probe(feats, np.array([0, 1, 0, 1, 0, 1]), n_classes=3)
+    path = save_checkpoint(tmp_path / "classifier.pt", backbone, head=probe.to_torch_head().state_dict(),
+                           head_kind="probe", embedding="multiscale", classes=["a", "b", "c"], image_size=64)
+    model, _ = load_round_model(path)
+    layers = cam_target_layers(model)
+    assert [layer is backbone_layer for layer, backbone_layer in
+            zip(layers, (model[0].backbone.trunk.layer2, model[0].backbone.trunk.layer3,
+                         model[0].backbone.trunk.layer4[-1]), strict=True)] == [True, True, True]
+    out = explain_batch(model, x, class_indices=[1] * 6)
+    assert out.heatmaps.shape == (6, 64, 64) and out.heatmaps.max() > 0.99
+    np.testing.assert_allclose(out.probs, probe.predict_proba(feats), atol=1e-5)
+    assert not any(layer._forward_hooks for layer in layers)
+    last_only = EmbeddingNet(backbone, "last")
+    assert cam_target_layers(nn.Sequential(last_only, probe.to_torch_head())) == [backbone.trunk.layer4[-1]]
+    with pytest.raises(CxrAlError, match="unknown embedding"):
+        EmbeddingNet(backbone, "middle")
 
 
 def test_overlay_png(phantom_batch, tmp_path):

@@ -63,6 +63,36 @@ def test_pretrain_and_embed_are_recorded(looped) -> None:
     assert run["params"]["augment"] == "standard"
     assert np.isfinite(run["metrics"]["final_loss"])
     assert embed(looped, in_child=False, progress=False)["count"] == 0  # nothing new to embed
+    # a new project joins the pooled middle and last blocks: 128 + 256 + 512 for a ResNet-18
+    assert looped.config["embedding"] == "multiscale"
+    done = looped.db.rounds("embed").iloc[-1]
+    assert done["params"]["embedding"] == "multiscale" and done["metrics"]["dim"] == 896
+
+
+def test_changing_the_embedding_embeds_every_image_again(tmp_path) -> None:
+    """Vectors of two recipes are never mixed: a project switched to "last" re-embeds all of its images; one
+    whose project.yaml predates the key keeps "last" (what it was embedded with)."""
+    from store.embeddings import load_embeddings
+    from store.ingest import ingest_folder
+    from store.phantoms import PHANTOM_CLASSES, write_phantom_dataset
+    from store.project import CONFIG_NAME, init_project, open_project, write_config
+
+    data = write_phantom_dataset(tmp_path / "data", n=12, seed=3, size=48)
+    project = init_project(tmp_path / "p", list(PHANTOM_CLASSES), image_size=48)
+    ingest_folder(project.db, data / "images", project.classes, labels_from="folders", test_fraction=0.0)
+    assert embed(project, init="random", in_child=False, progress=False)["count"] == 12
+    _, multi, tag = load_embeddings(project.artifacts / "embeddings.parquet")
+    assert multi.shape == (12, 896) and tag.endswith("|multiscale")
+    config = dict(project.config)
+    del config["embedding"]  # a project.yaml written before the key existed
+    write_config(project.root / CONFIG_NAME, config)
+    project = open_project(project.root)
+    assert project.config["embedding"] == "last"
+    assert embed(project, init="random", in_child=False, progress=False)["count"] == 12  # all again
+    _, last, tag = load_embeddings(project.artifacts / "embeddings.parquet")
+    assert last.shape == (12, 512) and not tag.endswith("multiscale")
+    # the same backbone's last block: the multiscale vector's tail, up to the joint normalisation over 3 blocks
+    np.testing.assert_allclose(multi[:, -512:] * np.sqrt(3), last, atol=1e-4)
 
 
 def test_suggest_label_train_suggest(looped) -> None:
