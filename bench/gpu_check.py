@@ -83,6 +83,7 @@ def run_device(device: str, mode: str, paths: list[str], labels: list[str], work
     from models.embed import embed_paths
     from models.finetune import finetune, predict_outputs
     from models.ssl import pretrain
+    from store.project import DEFAULT_EMBEDDING
 
     sizes, size = SIZES[(mode, device)], IMAGE_SIZE[mode]
     out: dict = {"sizes": asdict(sizes)}
@@ -98,7 +99,7 @@ def run_device(device: str, mode: str, paths: list[str], labels: list[str], work
     embed_list = _repeat(paths, sizes.embed_images)
     start = time.perf_counter()
     vectors = embed_paths(result.checkpoint, embed_list, image_size=size, batch_size=256, device=device,
-                          progress=False)
+                          progress=False, embedding=DEFAULT_EMBEDDING)  # what new projects embed with
     seconds = time.perf_counter() - start
     out["embed"] = {"images_per_second": len(vectors) / seconds, "seconds": seconds}
 
