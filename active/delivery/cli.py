@@ -834,13 +834,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, in the handler below, not as a traceback at interpreter exit
+        return code
     except CxrAlError as exc:
         print(f"cxr-al: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("cxr-al: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`cxr-al status P | head`): stop quietly, as other command-line tools do, and keep
+        # the interpreter's final flush of stdout from raising the same error again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the shell's code for a writer whose pipe closed
 
 
 if __name__ == "__main__":

@@ -31,6 +31,21 @@ def test_every_command_has_help(tmp_path) -> None:
         assert "usage: cxr-al " + cmd in out
 
 
+def test_a_reader_that_went_away_ends_the_command_quietly(tmp_path) -> None:
+    """`cxr-al status P | head`: a closed pipe on stdout is no traceback; the work is done, the exit code is 141."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes anything
+    try:
+        proc = subprocess.run([sys.executable, "-m", "active.delivery.cli", "init", str(tmp_path / "p"), "--classes",
+                               "a,b"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert (tmp_path / "p" / "project.yaml").is_file()
+
+
 def test_end_to_end_on_phantoms(tmp_path) -> None:
     cxr("demo-data", "demo", "--n", "24", "--size", "64", "--seed", "4", cwd=tmp_path)
     assert len(list((tmp_path / "demo" / "images").rglob("*.png"))) == 24
