@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--augment", default="gentle", help="SSL view settings: gentle | standard")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--pretrain-seed", type=int, default=0, help="seed of the SSL pretraining")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--initial", type=int, default=20)
     parser.add_argument("--step", type=int, default=20)
@@ -69,7 +70,7 @@ def main() -> None:
                             "duplicates": len(rep.duplicates), "skipped": len(rep.skipped)}
     if latest_round(project, "pretrain") is None:
         pretrain(project, method=args.method, init=args.init, epochs=args.epochs, batch_size=args.batch_size,
-                 image_size=args.image_size, seed=0, augment=args.augment)
+                 image_size=args.image_size, seed=args.pretrain_seed, augment=args.augment)
     pre = latest_round(project, "pretrain")
     report["pretrain"] = {k: pre["metrics"].get(k) for k in ("images_per_second", "final_loss", "seconds", "device")}
     # a reused project keeps its own pretraining: report what it was, not what the flags say now
