@@ -74,17 +74,11 @@ def layer_variants(checkpoint, paths: list, size: int, names: list[str]) -> dict
     model, _ = load_checkpoint(checkpoint)
     model.eval()
     pooled: dict[str, list[np.ndarray]] = {b: [] for b in blocks}
-    hooks = [getattr(model.trunk, b).register_forward_hook(
-        lambda _m, _i, out, b=b: pooled[b].append(
-            torch.nn.functional.normalize(out.float().mean(dim=(2, 3)), dim=1).numpy())) for b in blocks]
-    try:
-        with torch.inference_mode():
-            for x, errors in DataLoader(ReadErrorsAsValues(paths, size), batch_size=64, num_workers=0):
-                raise_read_errors(errors)
-                model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with torch.inference_mode():
+        for x, errors in DataLoader(ReadErrorsAsValues(paths, size), batch_size=64, num_workers=0):
+            raise_read_errors(errors)
+            for b, v in zip(blocks, model.pooled_blocks(x, blocks)[0], strict=True):
+                pooled[b].append(torch.nn.functional.normalize(v, dim=1).numpy())
     feats = {b: np.concatenate(v) for b, v in pooled.items()}
     return {name: np.concatenate([feats[b] for b in name.split("+")], axis=1) for name in names}
 

@@ -49,29 +49,40 @@ class GreyBackbone(nn.Module):
         x = (x - self.mean) / self.std
         return self.trunk(x)
 
-    def embedding_dim(self, embedding: str = "last") -> int:
-        """Length of an embedding: the last block's features, or ("multiscale") those of EARLY_BLOCKS joined."""
+    def early_blocks(self, embedding: str = "last") -> list[str]:
+        """Paths (in the trunk) of the blocks an embedding pools besides the last one: EARLY_BLOCKS for
+        "multiscale", none for "last"."""
         if embedding not in EMBEDDINGS:
             raise CxrAlError(f"unknown embedding {embedding!r}; choose from {', '.join(EMBEDDINGS)}")
-        extra = sum(ch for _, ch in EARLY_BLOCKS[self.name]) if embedding == "multiscale" else 0
-        return self.feature_dim + extra
+        return [path for path, _ in EARLY_BLOCKS[self.name]] if embedding == "multiscale" else []
+
+    def embedding_dim(self, embedding: str = "last") -> int:
+        """Length of an embedding: the last block's features, or ("multiscale") those of EARLY_BLOCKS joined."""
+        channels = dict(EARLY_BLOCKS[self.name])
+        return self.feature_dim + sum(channels[path] for path in self.early_blocks(embedding))
+
+    def pooled_blocks(self, x: torch.Tensor, paths: list[str]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One forward pass: the average-pooled outputs of the trunk's submodules at `paths` (in that order) and
+        the backbone's own output (the pooled last block), float32. The hooks are removed before returning."""
+        pooled: dict[str, torch.Tensor] = {}
+        hooks = [self.trunk.get_submodule(path).register_forward_hook(
+            lambda _m, _i, out, path=path: pooled.__setitem__(path, out.float().mean(dim=(2, 3)))) for path in paths]
+        try:
+            last = self(x).float()
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return [pooled[path] for path in paths], last
 
     def embedding(self, x: torch.Tensor, embedding: str = "last") -> torch.Tensor:
         """(B, embedding_dim) unit vectors: the pooled last block, or ("multiscale") the average-pooled outputs of
         EARLY_BLOCKS and the last block, each L2-normalised, joined and normalised again (every block weighs the
         same in a cosine). A short SSL schedule leaves much of what separates findings in the middle blocks
         (docs/benchmarks.md, "Embedding: pooled blocks")."""
-        if self.embedding_dim(embedding) == self.feature_dim:
+        early = self.early_blocks(embedding)
+        if not early:
             return nn.functional.normalize(self(x).float(), dim=1)
-        pooled: list[torch.Tensor] = []
-        modules = [self.trunk.get_submodule(path) for path, _ in EARLY_BLOCKS[self.name]]
-        hooks = [m.register_forward_hook(lambda _m, _i, out: pooled.append(out.float().mean(dim=(2, 3))))
-                 for m in modules]
-        try:
-            last = self(x).float()
-        finally:
-            for hook in hooks:
-                hook.remove()
+        pooled, last = self.pooled_blocks(x, early)
         parts = [nn.functional.normalize(v, dim=1) for v in (*pooled, last)]
         return nn.functional.normalize(torch.cat(parts, dim=1), dim=1)
 
@@ -97,8 +108,9 @@ class EmbeddingNet(nn.Module):
 
     def cam_target_layers(self) -> list[nn.Module]:
         """Every block the embedding pools (Grad-CAM++ averages their maps): the decision depends on all of them."""
-        early = EARLY_BLOCKS[self.backbone.name] if self.kind == "multiscale" else ()
-        return [*(self.backbone.trunk.get_submodule(path) for path, _ in early), self.backbone.cam_target_layer()]
+        trunk = self.backbone.trunk
+        return [*(trunk.get_submodule(path) for path in self.backbone.early_blocks(self.kind)),
+                self.backbone.cam_target_layer()]
 
 
 def _strip_head(name: str, model: nn.Module) -> nn.Module:

@@ -78,10 +78,10 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from active.engine.project import create_project
+    from store.project import DEFAULT_EMBEDDING
 
     project = create_project(args.project_dir, args.classes, image_size=args.image_size, backbone=args.backbone,
-                             positive_class=args.positive_class,
-                             **({"embedding": args.embedding} if args.embedding else {}))
+                             positive_class=args.positive_class, embedding=args.embedding or DEFAULT_EMBEDDING)
     print(f"created project {project.root} with classes: {', '.join(project.classes)} "
           f"(positive class {project.config['positive_class']})")
     return 0

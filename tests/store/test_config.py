@@ -32,6 +32,7 @@ BAD = [
     ({"image_size": "big"}, "image_size", "whole number"),
     ({"round_policy": {"mode": "tune"}}, "round_policy.mode", "'probe' or 'finetune'"),
     ({"backbone": "vgg"}, "backbone", "resnet18"),
+    ({"embedding": "middle"}, "embedding", "multiscale"),
     ({"round_policy": {"train_every": 2.5}}, "round_policy.train_every", "whole number"),
     ({"round_policy": {"epochs": True}}, "round_policy.epochs", "whole number"),
     ({"round_policy": {"train_evry": 3}}, "round_policy.train_evry", "unknown key"),
@@ -110,3 +111,13 @@ def test_cli_refuses_a_bad_config_without_labeling(ingested_project) -> None:
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "round_policy.train_every" in proc.stderr
     assert len(ProjectDB(root / DB_NAME).current_labels()) == 0
+
+
+def test_the_embedding_kinds_are_the_models_own() -> None:
+    """store/ does not import models/: the schema spells the kinds out, and must spell the same ones."""
+    import typing
+
+    from models.backbones import EMBEDDINGS
+    from store.config import ProjectConfig
+
+    assert typing.get_args(ProjectConfig.model_fields["embedding"].annotation) == EMBEDDINGS
